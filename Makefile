@@ -1,0 +1,36 @@
+# The two commands a newcomer needs: `make demo` (the main job on the embedded default) and `make test`.
+SHELL := /bin/bash
+PY := .venv/bin/python
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+
+.PHONY: setup venv control-plane test test-fast lint crd demo demo-down clean-dev
+
+setup: venv control-plane
+
+venv:
+	@./scripts/setup-venv.sh
+
+control-plane:
+	@./devcluster/build-control-plane.sh >/dev/null
+
+# The whole suite: unit, kernels, runtime on real vLLM, operator e2e on the real control plane.
+test: setup
+	$(PY) -m pytest -q -ra
+
+# Without the slow engine/cluster tests (for quick iteration only; CI runs `make test`).
+test-fast: venv
+	$(PY) -m pytest -q -m "not e2e and not vllm and not slow"
+
+lint: venv
+	$(PY) -m ruff check operator runtime kernels devcluster cli tests benchmarks
+	$(PY) -m mypy operator/localattn_operator cli/localattn_cli devcluster/localattn_dev kernels/localattn_kernels runtime/localattn_runtime
+	.venv/bin/lint-imports
+
+crd: venv
+	.venv/bin/localattn crd generate --out crds/localattndeployment.yaml
+
+demo: setup
+	@./scripts/demo.sh
+
+demo-down: venv
+	@./scripts/demo-down.sh

@@ -1,0 +1,25 @@
+"""`localattn crd generate`: print (or write) the CRD generated from the pydantic models."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from localattn_operator.crd import render_yaml
+
+    text = render_yaml()
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    crd = subparsers.add_parser("crd", help="the LocalAttnDeployment CustomResourceDefinition")
+    verbs = crd.add_subparsers(dest="verb", metavar="VERB", required=True)
+    gen = verbs.add_parser("generate", help="print the CRD YAML generated from the models")
+    gen.add_argument("--out", help="write to this file instead of stdout")
+    gen.set_defaults(func=_generate)

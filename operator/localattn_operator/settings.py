@@ -1,0 +1,21 @@
+"""Operator settings from the environment (the Helm chart sets them), with safe defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    resync_seconds: float = 60.0
+    coalesce_seconds: float = 0.3
+    metrics_port: int = 8080
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            resync_seconds=float(os.environ.get("LOCALATTN_RESYNC_SECONDS", cls.resync_seconds)),
+            coalesce_seconds=float(os.environ.get("LOCALATTN_COALESCE_SECONDS", cls.coalesce_seconds)),
+            metrics_port=int(os.environ.get("LOCALATTN_METRICS_PORT", cls.metrics_port)),
+        )

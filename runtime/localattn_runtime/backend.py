@@ -1,0 +1,213 @@
+"""vLLM's CPU attention backend with sink + window attention on local layers.
+
+Registered over `CPU_ATTN` (vLLM on CPU asks for that name whatever `--attention-backend` says), so
+`get_name()` stays "CPU_ATTN". K/V are written to the cache exactly as the stock backend does (vLLM calls
+`do_kv_cache_update`, inherited). Per layer, `forward` then runs:
+
+* a global layer (or a layer when the plugin is off): the stock CPU kernel, unchanged;
+* a local layer: queries whose position is below minContextLength - 1 (they attend fully) go through the stock
+  kernel, all others through `localattn_kernels.cpu.paged_local_attention`. The split is computed once per
+  step by the metadata builder and shared by every layer of the group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+import torch
+from vllm import _custom_ops as ops
+from vllm import envs
+from vllm.v1.attention.backend import AttentionType
+from vllm.v1.attention.backends.cpu_attn import (
+    CPUAttentionBackend,
+    CPUAttentionBackendImpl,
+    CPUAttentionMetadata,
+    CPUAttentionMetadataBuilder,
+)
+
+from localattn_runtime import layers
+
+if TYPE_CHECKING:
+    from localattn_runtime.config import LocalAttnConfig
+
+
+@dataclass
+class LocalBatch:
+    """The queries that attend locally: rows `index` of the step's query (None: all rows, in order)."""
+
+    index: torch.Tensor | None
+    query_start_loc: torch.Tensor
+    seq_lens: torch.Tensor
+    block_table: torch.Tensor
+
+
+@dataclass
+class LocalAttnMetadata(CPUAttentionMetadata):
+    """Stock metadata plus the step's split into fully-attending and locally-attending queries."""
+
+    full: CPUAttentionMetadata | None = None  # stock metadata for the fully-attending queries (None: none)
+    full_index: torch.Tensor | None = None  # their rows in the step's query (None: all rows)
+    local: LocalBatch | None = None  # None: no query attends locally
+
+
+def _model_num_layers(vllm_config: Any) -> int:
+    return int(vllm_config.model_config.hf_text_config.num_hidden_layers)
+
+
+def _config(vllm_config: Any) -> LocalAttnConfig | None:
+    """The active, enabled configuration, validated against this model (raises ConfigError if it does not fit)."""
+    from localattn_runtime.plugin import active_config
+
+    cfg = active_config()
+    if cfg is None or not cfg.enabled:
+        return None
+    cfg.validate_for_model(_model_num_layers(vllm_config))
+    return cfg
+
+
+def is_local_layer(attn_module: Any, vllm_config: Any) -> LocalAttnConfig | None:
+    """The config if `attn_module` (a vLLM `Attention`) is a local layer run by our backend, else None."""
+    if not isinstance(getattr(attn_module, "impl", None), LocalAttnImpl):
+        return None
+    if getattr(attn_module, "attn_type", AttentionType.DECODER) != AttentionType.DECODER:
+        return None
+    if getattr(attn_module, "sliding_window", None) is not None:
+        return None  # the model's own sliding window wins; we do not stack windows
+    cfg = _config(vllm_config)
+    if cfg is None:
+        return None
+    idx = layers.layer_index(attn_module.layer_name)
+    if idx is None or cfg.is_global(idx, _model_num_layers(vllm_config)):
+        return None
+    return cfg
+
+
+class LocalAttnMetadataBuilder(CPUAttentionMetadataBuilder):
+    def __init__(self, kv_cache_spec: Any, layer_names: list[str], vllm_config: Any, device: torch.device) -> None:
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        self.cfg = _config(vllm_config)
+
+    def _scheduler_metadata(self, seq_lens: torch.Tensor, query_start_loc: torch.Tensor) -> torch.Tensor:
+        return ops.cpu_attn_get_scheduler_metadata(
+            num_reqs=int(seq_lens.shape[0]), num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+            head_dim=self.head_dim, seq_lens=seq_lens, dtype=self.dtype, query_start_loc=query_start_loc,
+            causal=True, sliding_window_size=self.window_size, isa=self.isa,
+            enable_kv_split=envs.VLLM_CPU_ATTN_SPLIT_KV, dynamic_causal=None, kv_cache_dtype=self.kv_cache_dtype)
+
+    def build(self, common_prefix_len: int, common_attn_metadata: Any, fast_build: bool = False) -> Any:
+        base = super().build(common_prefix_len, common_attn_metadata, fast_build)
+        if self.cfg is None or self.is_cross_attention or self.is_encoder_only_attention:
+            return base
+        meta = LocalAttnMetadata(**{f.name: getattr(base, f.name) for f in fields(CPUAttentionMetadata)})
+        qsl = base.query_start_loc.to(torch.int64)
+        n = int(base.seq_lens.shape[0])
+        q_lens = qsl[1 : n + 1] - qsl[:n]
+        seq = base.seq_lens[:n].to(torch.int64)
+        ctx = seq - q_lens
+        first_local = layers.first_local_position(self.cfg.min_context_length)
+        n_full = torch.minimum((first_local - ctx).clamp(min=0), q_lens)
+        n_local = q_lens - n_full
+        if int(n_local.sum()) == 0:
+            meta.full = base
+            return meta
+        if int(n_full.sum()) == 0:
+            meta.local = LocalBatch(None, base.query_start_loc, base.seq_lens, base.block_table)
+            return meta
+        meta.full, meta.full_index = self._sub_batch(base, qsl[:n], n_full, ctx + n_full)
+        rows = (n_local > 0).nonzero().flatten()
+        index = _ranges(qsl[:n][rows] + n_full[rows], n_local[rows])
+        loc = _cumsum0(n_local[rows]).to(base.query_start_loc.dtype)
+        meta.local = LocalBatch(index, loc, base.seq_lens[rows], base.block_table[rows])
+        return meta
+
+    def _sub_batch(self, base: CPUAttentionMetadata, starts: torch.Tensor, counts: torch.Tensor,
+                   seq_lens: torch.Tensor) -> tuple[CPUAttentionMetadata, torch.Tensor]:
+        rows = (counts > 0).nonzero().flatten()
+        index = _ranges(starts[rows], counts[rows])
+        qsl = _cumsum0(counts[rows]).to(base.query_start_loc.dtype)
+        sl = seq_lens[rows].to(base.seq_lens.dtype)
+        sub = CPUAttentionMetadata(
+            num_actual_tokens=int(index.shape[0]), max_query_len=int(counts[rows].max()), query_start_loc=qsl,
+            max_seq_len=int(sl.max()), seq_lens=sl, block_table=base.block_table[rows],
+            slot_mapping=base.slot_mapping, scheduler_metadata=self._scheduler_metadata(sl, qsl), causal=True)
+        return sub, index
+
+
+def _cumsum0(x: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros(x.shape[0] + 1, dtype=torch.int64)
+    torch.cumsum(x, 0, out=out[1:])
+    return out
+
+
+def _ranges(starts: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Concatenated `arange(s, s + c)` for each (s, c)."""
+    offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(_cumsum0(counts)[:-1], counts)
+    return torch.repeat_interleave(starts, counts) + offsets
+
+
+class LocalAttnImpl(CPUAttentionBackendImpl):
+    """Stock CPU attention on global layers; sink + window attention on local ones."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from vllm.config import get_current_vllm_config
+
+        self._vllm_config = get_current_vllm_config()  # set while the model is built, not during forward
+        self._local: bool | None = None
+        self._cfg: LocalAttnConfig | None = None
+
+    def _is_local(self, layer: Any) -> bool:
+        if self._local is None:
+            self._cfg = is_local_layer(layer, self._vllm_config)
+            self._local = self._cfg is not None
+            if self._local and self.is_fp8_kv_cache:
+                raise NotImplementedError("localattn: local layers on CPU need an unquantized KV cache "
+                                          "(kvCacheDtype auto); fp8 is not supported by the CPU local kernel")
+        return self._local
+
+    def forward(self, layer: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                kv_cache: torch.Tensor, attn_metadata: Any, output: torch.Tensor,
+                output_scale: torch.Tensor | None = None, output_block_scale: torch.Tensor | None = None,
+                ) -> torch.Tensor:
+        if (attn_metadata is None or not isinstance(attn_metadata, LocalAttnMetadata)
+                or attn_metadata.local is None or not self._is_local(layer)):
+            return super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
+                                   output_scale, output_block_scale)
+        assert self._cfg is not None
+        meta = attn_metadata
+        out3 = output.view(output.shape[0], self.num_heads, self.head_size)
+        if meta.full is not None:
+            assert meta.full_index is not None
+            q_full = query.index_select(0, meta.full_index)
+            o_full = torch.empty_like(q_full)
+            super().forward(layer, q_full, key, value, kv_cache, meta.full, o_full)
+            out3.index_copy_(0, meta.full_index, o_full)
+        from localattn_kernels.cpu import paged_local_attention
+        from localattn_kernels.layout import split_kv_cache
+
+        key_cache, value_cache = split_kv_cache(kv_cache)
+        local = meta.local
+        assert local is not None
+        n = meta.num_actual_tokens
+        q_local = query[:n] if local.index is None else query.index_select(0, local.index)
+        o_local = out3[:n] if local.index is None else torch.empty_like(q_local)
+        paged_local_attention(
+            q_local, key_cache, value_cache, block_table=local.block_table, seq_lens=local.seq_lens,
+            query_start_loc=local.query_start_loc, window=self._cfg.window_size, sinks=self._cfg.sink_tokens,
+            scale=self.scale, out=o_local, isa=getattr(layer, "isa", "vec"))
+        if local.index is not None:
+            out3.index_copy_(0, local.index, o_local)
+        return output
+
+
+class LocalAttnBackend(CPUAttentionBackend):
+    """Registered as CPU_ATTN; `get_name()` is inherited ("CPU_ATTN") as vLLM's CPU platform requires."""
+
+    @staticmethod
+    def get_impl_cls() -> type[LocalAttnImpl]:
+        return LocalAttnImpl
+
+    @staticmethod
+    def get_builder_cls() -> type[LocalAttnMetadataBuilder]:
+        return LocalAttnMetadataBuilder

@@ -1,0 +1,85 @@
+"""Spec parsing and cross-field rules: precise messages naming the field."""
+
+from typing import Any
+
+import pytest
+
+from localattn_operator.validation import SpecError, parse_model_uri, validate_spec
+
+
+def spec(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"model": {"uri": "pvc://models/llama"}, "runtime": {"maxModelLen": 4096}}
+    for key, value in overrides.items():
+        base[key] = value
+    return base
+
+
+def problems(raw: dict[str, Any]) -> str:
+    with pytest.raises(SpecError) as info:
+        validate_spec(raw)
+    return str(info.value)
+
+
+def test_defaults() -> None:
+    parsed = validate_spec({"model": {"uri": "hf://org/name"}})
+    assert parsed.replicas == 1
+    assert parsed.local_attention.window_size == 1024 and parsed.local_attention.sink_tokens == 4
+    assert parsed.runtime.resources.limits == {"nvidia.com/gpu": 1}
+    assert parsed.memory.gpu_memory_utilization == 0.9
+
+
+@pytest.mark.parametrize(
+    ("uri", "scheme", "claim", "path"),
+    [
+        ("pvc://models/a/b", "pvc", "models", "a/b"),
+        ("hf://meta-llama/Llama-3.1-8B", "hf", None, "meta-llama/Llama-3.1-8B"),
+        ("hf://gpt2", "hf", None, "gpt2"),
+        ("s3://my-bucket/llama/v1", "s3", None, "my-bucket/llama/v1"),
+        ("/opt/models/tiny", "image", None, "/opt/models/tiny"),
+    ],
+)
+def test_model_uris(uri: str, scheme: str, claim: str | None, path: str) -> None:
+    loc = parse_model_uri(uri)
+    assert (loc.scheme, loc.claim, loc.path) == (scheme, claim, path)
+
+
+@pytest.mark.parametrize("uri", ["ftp://x/y", "pvc://", "pvc://Bad_Claim/x", "hf://", "s3://x", "models/rel", "/a/../b"])
+def test_malformed_model_uris(uri: str) -> None:
+    assert "spec.model.uri" in problems(spec(model={"uri": uri}))
+
+
+def test_window_must_be_below_max_model_len() -> None:
+    msg = problems(spec(localAttention={"windowSize": 4096}))
+    assert "spec.localAttention.windowSize (4096) must be smaller than spec.runtime.maxModelLen (4096)" in msg
+
+
+def test_negative_global_layer_index() -> None:
+    msg = problems(spec(localAttention={"globalLayers": {"indices": [0, -2]}}))
+    assert "globalLayers.indices[1]: layer index -2 is negative" in msg
+
+
+def test_global_layers_indices_and_every_are_exclusive() -> None:
+    assert "either indices or every" in problems(spec(localAttention={"globalLayers": {"indices": [1], "every": 4}}))
+
+
+def test_schema_level_errors_name_the_field() -> None:
+    assert "spec.localAttention.windowSize" in problems(spec(localAttention={"windowSize": 0}))
+    assert "spec.runtime.unknownField" in problems(spec(runtime={"unknownField": 1}))
+    assert "spec.model" in problems({"replicas": 1})
+
+
+def test_gpus_and_tensor_parallelism() -> None:
+    msg = problems(spec(runtime={"tensorParallelSize": 4, "resources": {"limits": {"nvidia.com/gpu": 2}}}))
+    assert "tensorParallelSize (4) needs at least as many GPUs" in msg
+    msg = problems(spec(runtime={"resources": {"limits": {"nvidia.com/gpu": 1}, "requests": {"nvidia.com/gpu": 2}}}))
+    assert "must equal limits" in msg
+
+
+def test_env_needs_exactly_one_source() -> None:
+    msg = problems(spec(runtime={"env": [{"name": "A"}]}))
+    assert "spec.runtime.env[A]" in msg
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    msg = problems(spec(model={"uri": "ftp://x"}, localAttention={"windowSize": 9000, "globalLayers": {"indices": [-1]}}))
+    assert "spec.model.uri" in msg and "windowSize" in msg and "negative" in msg

@@ -29,8 +29,8 @@ else
   echo "started (pid $!, log $state/operator.log)"
 fi
 
-step "kubectl apply -f examples/deployment.yaml"
-kubectl apply -f examples/deployment.yaml
+step "kubectl apply -f examples/model-pvc.yaml -f examples/deployment.yaml"
+kubectl apply -f examples/model-pvc.yaml -f examples/deployment.yaml
 echo "waiting for the LocalAttnDeployment to become Ready..."
 kubectl wait --for condition=Ready --timeout=120s lad/tiny-llama
 

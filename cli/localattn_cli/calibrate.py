@@ -1,4 +1,4 @@
-"""`localattn calibrate`: measure per-layer attention mass outside sinks ∪ window and propose global layers."""
+"""`localattn calibrate`: measure per-layer attention mass outside sinks + window and propose global layers."""
 
 from __future__ import annotations
 

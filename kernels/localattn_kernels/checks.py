@@ -58,9 +58,13 @@ def check_paged_args(
     for name, t in (("query", query), ("key_cache", key_cache), ("value_cache", value_cache)):
         check_dtype(name, t)
     if not query.dtype == key_cache.dtype == value_cache.dtype:
-        raise ValueError(f"dtype mismatch: query {query.dtype}, key_cache {key_cache.dtype}, value_cache {value_cache.dtype}")
+        raise ValueError(
+            f"dtype mismatch: query {query.dtype}, key_cache {key_cache.dtype}, value_cache {value_cache.dtype}"
+        )
     if key_cache.shape[head_dim_axis] != query.shape[2]:
-        raise ValueError(f"head_size mismatch: query {query.shape[2]}, cache {key_cache.shape[head_dim_axis]}")
+        raise ValueError(
+            f"head_size mismatch: query {query.shape[2]}, cache {key_cache.shape[head_dim_axis]}"
+        )
     group = check_gqa(query.shape[1], key_cache.shape[heads_axis])
     check_index("block_table", block_table, 2)
     check_index("seq_lens", seq_lens, 1)
@@ -75,12 +79,16 @@ def check_paged_args(
     return group
 
 
-def check_lengths(q_lens: list[int], seq_lens: list[int], max_blocks: int, block_size: int, num_tokens: int) -> None:
+def check_lengths(
+    q_lens: list[int], seq_lens: list[int], max_blocks: int, block_size: int, num_tokens: int
+) -> None:
     """Host-side checks of per-request lengths (CPU path: the metadata is on the host anyway)."""
     for r, (ql, sl) in enumerate(zip(q_lens, seq_lens, strict=True)):
         if ql < 0 or ql > sl:
             raise ValueError(f"request {r}: query length {ql} must be in [0, seq_len={sl}]")
         if -(-sl // block_size) > max_blocks:
-            raise ValueError(f"request {r}: seq_len {sl} needs more blocks than block_table has ({max_blocks})")
+            raise ValueError(
+                f"request {r}: seq_len {sl} needs more blocks than block_table has ({max_blocks})"
+            )
     if sum(q_lens) > num_tokens:
         raise ValueError(f"query_start_loc covers {sum(q_lens)} tokens but query has {num_tokens}")

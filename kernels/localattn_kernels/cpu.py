@@ -4,7 +4,8 @@ Why this shape: on CPU the cost of attention is the bytes of K/V read. Each quer
 blocks and the blocks overlapping its window, so we gather exactly those through the block table (decode: one
 gather for the whole batch of decode rows; prefill: one gather per query tile covering sinks and
 ``[tile_start - W + 1, tile_end]``) and run small fp32 matmuls / SDPA on the gathered set. Cost is
-``O(W + S)`` per query, independent of the context length. The cache is read in place (layout: see
+``O(W + S)`` per query, independent of the context length. Decode rows go to the fused C kernel of
+:mod:`localattn_kernels.cpu_native` when it is available (same math, each byte read once). The cache is read in place (layout: see
 :mod:`localattn_kernels.layout`), never copied whole.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from localattn_kernels import cpu_native
 from localattn_kernels.checks import check_lengths, check_paged_args
 from localattn_kernels.layout import CPU_ISAS, key_block_view, num_sink_blocks, packed_permutation
 
@@ -114,7 +116,9 @@ def _prefill_tile(
     t, hq, d = query.shape
     hkv, bs = key_cache.shape[1], key_cache.shape[2]
     last = first + t - 1
-    logical, _ = _block_plan(torch.tensor([last]), torch.tensor([first]), window=window, sinks=sinks, block_size=bs)
+    logical, _ = _block_plan(
+        torch.tensor([last]), torch.tensor([first]), window=window, sinks=sinks, block_size=bs
+    )
     logical = logical[0]
     phys = table_row[logical].long()
     n = logical.shape[0]
@@ -166,7 +170,9 @@ def paged_local_attention(
     if out is None:
         out = torch.empty_like(query)
     if out.shape[0] != num_tokens or out.numel() != query.numel() or out.dtype != query.dtype:
-        raise ValueError(f"out must match query ({tuple(query.shape)}, {query.dtype}), got {tuple(out.shape)}, {out.dtype}")
+        raise ValueError(
+            f"out must match query ({tuple(query.shape)}, {query.dtype}), got {tuple(out.shape)}, {out.dtype}"
+        )
     out3 = out.view(num_tokens, hq, d)
 
     starts = query_start_loc.tolist()
@@ -177,19 +183,21 @@ def paged_local_attention(
 
     decode_rows = [r for r, ql in enumerate(q_lens) if ql == 1]
     if decode_rows:
-        if len(decode_rows) == len(lens) and starts[0] == 0:
-            sel = query[: len(lens)]
-            rows_t = None
+        all_decode = len(decode_rows) == len(lens)
+        rows_t = None if all_decode else torch.tensor(decode_rows)
+        table = block_table[: len(lens)] if rows_t is None else block_table[rows_t]
+        sl = seq_lens if rows_t is None else seq_lens[rows_t]
+        q_rows = query_start_loc[:-1] if rows_t is None else query_start_loc[rows_t]
+        if cpu_native.supports(query, key_cache, isa):
+            cpu_native.decode(
+                query, key_cache, value_cache, out3, table, sl, q_rows, window=window, sinks=sinks, scale=scale
+            )
         else:
-            rows_t = torch.tensor(decode_rows)
-            sel = query[query_start_loc[rows_t].long()]
-        table = block_table if rows_t is None else block_table[rows_t]
-        sl = seq_lens.long() if rows_t is None else seq_lens[rows_t].long()
-        res = _decode(sel, key_cache, value_cache, table[: sl.shape[0]], sl, window=window, sinks=sinks, scale=scale, isa=isa)
-        if rows_t is None:
-            out3[: len(lens)] = res
-        else:
-            out3[query_start_loc[rows_t].long()] = res.to(out.dtype)
+            q_idx = q_rows.long()
+            res = _decode(
+                query[q_idx], key_cache, value_cache, table, sl.long(), window=window, sinks=sinks, scale=scale, isa=isa
+            )
+            out3[q_idx] = res.to(out.dtype)
     for r, ql in enumerate(q_lens):
         if ql <= 1:
             continue

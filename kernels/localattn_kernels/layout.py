@@ -49,7 +49,9 @@ def kv_cache_shape(num_blocks: int, num_kv_heads: int, block_size: int, head_siz
 def split_kv_cache(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Exactly what ``CPUAttentionBackendImpl.forward`` does: views, no copy."""
     if kv_cache.dim() != 4 or kv_cache.shape[-1] % 2:
-        raise ValueError(f"kv_cache must be [num_blocks, num_kv_heads, block_size, 2*head_size], got {tuple(kv_cache.shape)}")
+        raise ValueError(
+            f"kv_cache must be [num_blocks, num_kv_heads, block_size, 2*head_size], got {tuple(kv_cache.shape)}"
+        )
     num_blocks, num_kv_heads, block_size, _ = kv_cache.shape
     key_cache, value_cache = kv_cache.view(num_blocks, num_kv_heads, 2 * block_size, -1).chunk(2, dim=2)
     return key_cache, value_cache
@@ -58,7 +60,9 @@ def split_kv_cache(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def split_kv_cache_gpu(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Exactly what vLLM's Triton backend does: ``[nb, bs, H, D]`` views, no copy."""
     if kv_cache.dim() != 4 or kv_cache.shape[-1] % 2:
-        raise ValueError(f"kv_cache must be [num_blocks, num_kv_heads, block_size, 2*head_size], got {tuple(kv_cache.shape)}")
+        raise ValueError(
+            f"kv_cache must be [num_blocks, num_kv_heads, block_size, 2*head_size], got {tuple(kv_cache.shape)}"
+        )
     head_size = kv_cache.shape[-1] // 2
     key_cache, value_cache = kv_cache.transpose(1, 2).split(head_size, dim=-1)
     return key_cache, value_cache
@@ -103,18 +107,22 @@ def key_block_view(key_cache: torch.Tensor, isa: str) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def packed_permutation(isa: str, dtype: torch.dtype, block_size: int, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def packed_permutation(
+    isa: str, dtype: torch.dtype, block_size: int, head_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For a packed ISA ("amx"): ``(k_perm, v_perm)`` such that ``raw.flatten()[perm]`` is plain ``[bs, d]``.
 
     Derived by letting vLLM's own writer store index-coded keys/values once; imports vLLM lazily.
     """
-    from vllm import _custom_ops as ops  # noqa: PLC0415 - heavy, only for packed layouts
+    from vllm import _custom_ops as ops
 
     kv = torch.zeros(kv_cache_shape(1, 1, block_size, head_size), dtype=dtype)
     key_cache, value_cache = split_kv_cache(kv)
     idx = torch.arange(block_size * head_size).view(block_size, 1, head_size)
     coded = idx.to(torch.float32) if dtype == torch.float32 else idx.to(torch.int16).view(dtype)
-    ops.cpu_attn_reshape_and_cache(coded, coded.clone(), key_cache, value_cache, torch.arange(block_size), isa)
+    ops.cpu_attn_reshape_and_cache(
+        coded, coded.clone(), key_cache, value_cache, torch.arange(block_size), isa
+    )
     raw = kv[0, 0].reshape(-1)
     codes = raw.long() if dtype == torch.float32 else raw.view(torch.int16).long()
     n = block_size * head_size
@@ -140,7 +148,7 @@ def write_kv(
     must not depend on vLLM); for "amx" it calls vLLM's writer.
     """
     if isa == "amx":
-        from vllm import _custom_ops as ops  # noqa: PLC0415
+        from vllm import _custom_ops as ops
 
         ops.cpu_attn_reshape_and_cache(key, value, key_cache, value_cache, slot_mapping, isa)
         return
@@ -152,7 +160,11 @@ def write_kv(
 
 
 def write_kv_gpu(
-    key_cache: torch.Tensor, value_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor, slot_mapping: torch.Tensor
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    slot_mapping: torch.Tensor,
 ) -> None:
     """Store K/V at ``slot_mapping`` in the GPU layout (``[nb, bs, H, D]`` views)."""
     bs = key_cache.shape[1]

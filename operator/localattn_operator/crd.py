@@ -57,9 +57,8 @@ def _to_structural(node: Any) -> Any:
         node["type"] = "string"
     if node.get("default") is None and "default" in node:
         node.pop("default")  # a null default is not allowed in a structural schema
-    if node.get("type") == "object" and "additionalProperties" in node:
-        if node["additionalProperties"] is False:
-            node.pop("additionalProperties")  # pruning already drops unknown fields
+    if node.get("type") == "object" and node.get("additionalProperties") is False:
+        node.pop("additionalProperties")  # pruning already drops unknown fields
     if node.get("type") == "object" and "properties" in node:
         required = set(node.get("required", []))
         for name, prop in node["properties"].items():
@@ -80,8 +79,17 @@ def spec_schema() -> dict[str, Any]:
     resolved = _resolve_refs(raw, raw.get("$defs", {}))
     schema: dict[str, Any] = _to_structural(resolved)
     schema.pop("additionalProperties", None)
-    schema["properties"]["status"].pop("default", None)  # status belongs to the operator
+    schema["properties"]["status"] = _without_defaults(schema["properties"]["status"])
     return schema
+
+
+def _without_defaults(node: Any) -> Any:
+    """Status is written by the operator only: server-side defaults there would just fight its patches."""
+    if isinstance(node, dict):
+        return {k: _without_defaults(v) for k, v in node.items() if k != "default"}
+    if isinstance(node, list):
+        return [_without_defaults(v) for v in node]
+    return node
 
 
 _PRINTER_COLUMNS = [

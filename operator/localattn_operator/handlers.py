@@ -37,20 +37,20 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 @kopf.on.resume(*_LAD)
 @kopf.on.create(*_LAD)
 @kopf.on.update(*_LAD)
-async def lad_changed(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    await memo.reconciler.reconcile(namespace, name)
+async def lad_changed(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    await memo.reconciler.reconcile(namespace or "default", name)
 
 
 @kopf.timer(*_LAD, interval=SETTINGS.resync_seconds, initial_delay=SETTINGS.resync_seconds)
-async def resync(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    await memo.reconciler.reconcile(namespace, name)
+async def resync(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    await memo.reconciler.reconcile(namespace or "default", name)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=_CHILDREN)
 @kopf.on.event("", "v1", "services", labels=_CHILDREN)
 @kopf.on.event("", "v1", "configmaps", labels=_CHILDREN)
 @kopf.on.event("", "v1", "pods", labels=_CHILDREN)
-async def child_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+async def child_changed(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     owner = labels.get(LABEL_NAME)
-    if owner and hasattr(memo, "reconciler"):
+    if owner and namespace and hasattr(memo, "reconciler"):
         memo.reconciler.schedule(namespace, owner)

@@ -8,6 +8,7 @@ next reconcile, while fields it does not render (e.g. added by other controllers
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from datetime import UTC, datetime
@@ -57,11 +58,16 @@ class Cluster:
         self, method: str, path: str, *, body: Any = None, query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> Any:
-        return self._api.call_api(
-            path, method, query_params=query or [], body=body,
+        """One REST call; JSON in and out. Raises ApiException (with .status) on a non-2xx answer."""
+        method, url, headers, body, _ = self._api.param_serialize(
+            method, path, query_params=query or [], body=body, auth_settings=["BearerToken"],
             header_params={"Content-Type": content_type, "Accept": "application/json"},
-            auth_settings=["BearerToken"], response_type="object", _return_http_data_only=True,
         )
+        response = self._api.call_api(method, url, header_params=headers, body=body)
+        response.read()
+        if not 200 <= response.status < 300:
+            raise ApiException(http_resp=response)
+        return json.loads(response.data) if response.data else None
 
     @staticmethod
     def _collection(api_version: str, kind: str, namespace: str) -> str:
@@ -115,9 +121,8 @@ class Cluster:
         for pod in pods.get("items", []):
             if pod["metadata"].get("deletionTimestamp"):
                 continue
-            scheduled = next(
-                (c for c in (pod.get("status") or {}).get("conditions", []) if c.get("type") == "PodScheduled"), {}
-            )
+            conditions: list[dict[str, str]] = (pod.get("status") or {}).get("conditions", [])
+            scheduled = next((c for c in conditions if c.get("type") == "PodScheduled"), {})
             pending.append(
                 PendingPod(
                     name=pod["metadata"]["name"],

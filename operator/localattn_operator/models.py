@@ -48,9 +48,13 @@ class ModelSource(ApiModel):
     )
 
 
+def _one_gpu() -> dict[str, int | str]:
+    return {"nvidia.com/gpu": 1}
+
+
 class ResourceRequirements(ApiModel):
     requests: dict[str, Quantity] = Field(default_factory=dict)
-    limits: dict[str, Quantity] = Field(default_factory=lambda: {"nvidia.com/gpu": 1})
+    limits: dict[str, Quantity] = Field(default_factory=_one_gpu)
 
 
 class Toleration(ApiModel):
@@ -125,7 +129,7 @@ class Condition(ApiModel):
     type: ConditionType
     status: Literal["True", "False", "Unknown"]
     reason: str
-    message: str = ""
+    message: str | None = None
     last_transition_time: str | None = None
     observed_generation: int | None = None
 

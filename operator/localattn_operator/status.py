@@ -55,14 +55,14 @@ class Observation:
 
 
 def _condition(
-    previous: dict[str, Condition], type_: ConditionType, status: bool, reason: str, message: str,
+    previous: dict[ConditionType, Condition], type_: ConditionType, status: bool, reason: str, message: str,
     now: datetime, generation: int,
 ) -> Condition:
     value: Literal["True", "False"] = "True" if status else "False"
     before = previous.get(type_)
     since = before.last_transition_time if before and before.status == value else now.isoformat()
     return Condition(
-        type=type_, status=value, reason=reason, message=message,
+        type=type_, status=value, reason=reason, message=message or None,
         last_transition_time=since, observed_generation=generation,
     )
 
@@ -83,7 +83,7 @@ def compute(obs: Observation) -> tuple[LocalAttnDeploymentStatus, list[Event]]:
     invalid = bool(obs.problems)
     invalid_message = "; ".join(obs.problems)
     prev_invalid = prev_conditions.get("InvalidSpec")
-    if invalid and (prev_invalid is None or prev_invalid.status != "True" or prev_invalid.message != invalid_message):
+    if invalid and (prev_invalid is None or prev_invalid.status != "True" or (prev_invalid.message or "") != invalid_message):
         events.append(Event("Warning", "InvalidSpec", f"spec rejected, running version unchanged: {invalid_message}"))
     if not invalid and prev_invalid is not None and prev_invalid.status == "True":
         events.append(Event("Normal", "SpecValid", "spec is valid again"))

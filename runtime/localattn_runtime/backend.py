@@ -91,7 +91,7 @@ class LocalAttnMetadataBuilder(CPUAttentionMetadataBuilder):
     def _scheduler_metadata(self, seq_lens: torch.Tensor, query_start_loc: torch.Tensor) -> torch.Tensor:
         return ops.cpu_attn_get_scheduler_metadata(
             num_reqs=int(seq_lens.shape[0]), num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
-            head_dim=self.head_dim, seq_lens=seq_lens, dtype=self.dtype, query_start_loc=query_start_loc,
+            head_dim=self.head_dim, seq_lens=seq_lens, dtype=self.dtype,  # type: ignore[arg-type]  # vLLM resolves it to a torch dtype query_start_loc=query_start_loc,
             causal=True, sliding_window_size=self.window_size, isa=self.isa,
             enable_kv_split=envs.VLLM_CPU_ATTN_SPLIT_KV, dynamic_causal=None, kv_cache_dtype=self.kv_cache_dtype)
 

@@ -1,7 +1,7 @@
 """Calibration ("dynamic scope"): which layers must stay global for a given window and sink count.
 
 Training-free: run the model with full attention (HF transformers, eager attention, `output_attentions`) on
-sample text and measure, per layer, the share of attention mass that falls outside sinks ∪ window — what a
+sample text and measure, per layer, the share of attention mass that falls outside sinks + window — what a
 local layer would drop. The K layers that drop the most stay global. The decision (`choose_global_layers`,
 `make_plan`) is pure; `measure_outside_mass` is the only part that runs a model.
 """
@@ -22,7 +22,7 @@ class LayerMass:
 
 
 def outside_fraction(attn: Any, window: int, sinks: int) -> Any:
-    """Per head, mean over queries of the attention mass outside sinks ∪ window: `attn` is [batch, heads, q, k].
+    """Per head, mean over queries of the attention mass outside sinks + window: `attn` is [batch, heads, q, k].
 
     Only queries that have something outside (position >= sinks + window) count, so a long sample is not
     diluted by the early positions where local and full attention coincide. Returns a [heads] tensor.
@@ -41,7 +41,7 @@ def outside_fraction(attn: Any, window: int, sinks: int) -> Any:
 
 
 def choose_global_layers(masses: Sequence[LayerMass], budget: int) -> list[int]:
-    """The `budget` layers with the most mass outside sinks ∪ window (ties: lower index), sorted."""
+    """The `budget` layers with the most mass outside sinks + window (ties: lower index), sorted."""
     if budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
     if budget > len(masses):

@@ -37,7 +37,7 @@ _HELP = {
 }
 
 _lock = threading.Lock()
-_files: dict[tuple[int, str], Any] = {}  # (pid, file kind) -> MmapedDict; keyed by pid so forks start fresh
+_files: dict[tuple[int, Path, str], Any] = {}  # (pid, dir, kind) -> MmapedDict; by pid so forks start fresh
 _collector_registered = False
 
 
@@ -53,12 +53,12 @@ def _file(kind: str) -> Any:
     """This process's file for `kind` ('counter', 'gauge_max', 'gauge_mostrecent'); must hold `_lock`."""
     from prometheus_client.mmap_dict import MmapedDict
 
-    pid = os.getpid()
-    f = _files.get((pid, kind))
+    pid, directory = os.getpid(), metrics_dir()
+    f = _files.get((pid, directory, kind))
     if f is None:
-        path = metrics_dir() / f"{kind}_{pid}.db"
+        path = directory / f"{kind}_{pid}.db"
         path.unlink(missing_ok=True)  # a file left by an earlier process with this pid is not ours
-        f = _files[(pid, kind)] = MmapedDict(str(path))
+        f = _files[(pid, directory, kind)] = MmapedDict(str(path))
     return f
 
 

@@ -32,9 +32,9 @@ class TrainParams:
     vocab: int = 2048
     max_positions: int = 32768
     seq_len: int = 1024
-    batch: int = 8
-    steps: int = 220
-    lr: float = 3e-3
+    batch: int = 4
+    steps: int = 300
+    lr: float = 2e-3
     warmup: int = 20
     weight_decay: float = 0.1
     seed: int = 0
@@ -71,7 +71,11 @@ def lr_at(step: int, p: TrainParams) -> float:
     return p.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def train(out: Path, p: TrainParams, log: Callable[[str], None] = print) -> None:
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def train(out: Path, p: TrainParams, log: Callable[[str], None] = _log) -> None:
     """Train from the seeded init and save a vLLM-loadable model directory into `out`."""
     import torch
 
@@ -101,15 +105,15 @@ def train(out: Path, p: TrainParams, log: Callable[[str], None] = print) -> None
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        history.append(float(loss))
-        if step % 20 == 0 or step == p.steps - 1:
-            log(f"step {step:4d}  loss {float(loss):.3f}  {time.time() - t0:6.0f}s")
+        history.append(loss.item())
+        if step % 10 == 0 or step == p.steps - 1:
+            log(f"step {step:4d}  loss {history[-1]:.3f}  {time.time() - t0:6.0f}s")
     tinymodel.save_model(out, config, model.state_dict(), tok_dir)
     (out / "training.json").write_text(json.dumps(
         {"params": asdict(p), "loss": history, "seconds": round(time.time() - t0, 1)}, indent=1) + "\n")
 
 
-def trained_model_dir(params: TrainParams | None = None, log: Callable[[str], None] = print) -> Path:
+def trained_model_dir(params: TrainParams | None = None, log: Callable[[str], None] = _log) -> Path:
     """The cached trained model (trains on first use: a few minutes on 2 cores)."""
     import torch
 

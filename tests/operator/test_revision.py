@@ -4,7 +4,6 @@ import copy
 from typing import Any
 
 import pytest
-
 from localattn_operator.revision import revision_of
 from localattn_operator.validation import validate_spec
 

@@ -3,7 +3,6 @@
 from typing import Any
 
 import pytest
-
 from localattn_operator.validation import SpecError, parse_model_uri, validate_spec
 
 

@@ -1,0 +1,163 @@
+"""Decode attention on CPU vs context length: our sink + window path against vLLM's own kernels, side by side.
+
+All methods read the same paged cache (vLLM's CPU layout, shuffled block table) in the same process, timed
+round-robin (min of repeats, so a busy machine hurts every column alike). Prints a table with ratios and writes
+``benchmarks/results/kernels_cpu.csv`` and ``.png``.
+
+    .venv/bin/python benchmarks/kernels.py [--contexts 1024 4096 16384 65536] [--window 512] [--sinks 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import platform
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from localattn_kernels import cpu, layout
+
+RESULTS = Path(__file__).resolve().parent / "results"
+METHODS = ("local", "vllm_full", "vllm_swa", "sdpa_dense")
+
+
+def _timer(fn: Callable[[], object], budget_s: float, min_reps: int = 3, max_reps: int = 200) -> list[float]:
+    fn()  # warm-up
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < budget_s and len(times) < max_reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def build(context: int, args: argparse.Namespace) -> dict[str, Callable[[], object]]:
+    """The four decode calls over one cache holding ``batch`` sequences of ``context`` tokens."""
+    from vllm import _custom_ops as ops  # noqa: PLC0415 - heavy
+
+    gen = torch.Generator().manual_seed(context)
+    dtype, bs, hkv, hq, d, batch = torch.bfloat16, args.block_size, args.kv_heads, args.heads, args.head_size, args.batch
+    per_seq = math.ceil(context / bs)
+    kv = torch.randn(layout.kv_cache_shape(per_seq * batch, hkv, bs, d), generator=gen).to(dtype)
+    key_cache, value_cache = layout.split_kv_cache(kv)
+    block_table = torch.randperm(per_seq * batch, generator=gen).view(batch, per_seq).to(torch.int32)
+    seq_lens = torch.full((batch,), context, dtype=torch.int32)
+    qsl = torch.arange(batch + 1, dtype=torch.int32)
+    query = torch.randn(batch, hq, d, generator=gen).to(dtype)
+    out = torch.empty_like(query)
+    scale = d**-0.5
+    isa = "vec"
+
+    def vllm(window: int) -> Callable[[], object]:
+        meta = ops.cpu_attn_get_scheduler_metadata(batch, hq, hkv, d, seq_lens, dtype, qsl, True, window, isa, False)
+        return lambda: ops.cpu_attention_with_kv_cache(
+            query, key_cache, value_cache, out, qsl, seq_lens, scale, True, None, window, block_table, 0.0, meta, None
+        )
+
+    # Dense copy of the same keys/values, [batch, Hkv, context, D], for the SDPA baseline.
+    kt = layout.key_block_view(key_cache, isa)[block_table.long()]  # [B, n, H, D, bs]
+    dense_k = kt.permute(0, 2, 1, 4, 3).reshape(batch, hkv, per_seq * bs, d)[:, :, :context].contiguous()
+    dense_v = value_cache[block_table.long()].permute(0, 2, 1, 3, 4).reshape(batch, hkv, per_seq * bs, d)
+    dense_v = dense_v[:, :, :context].contiguous()
+    q4 = query.view(batch, hq, 1, d)
+
+    return {
+        "local": lambda: cpu.paged_local_attention(
+            query, key_cache, value_cache, block_table=block_table, seq_lens=seq_lens, query_start_loc=qsl,
+            window=args.window, sinks=args.sinks, scale=scale, out=out,
+        ),  # fmt: skip
+        "vllm_full": vllm(-1),
+        "vllm_swa": vllm(args.window),
+        "sdpa_dense": lambda: F.scaled_dot_product_attention(q4, dense_k, dense_v, scale=scale, enable_gqa=True),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
+    parser.add_argument("--window", type=int, default=512)
+    parser.add_argument("--sinks", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--head-size", type=int, default=128)
+    parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--budget", type=float, default=1.5, help="seconds of timing per method and context")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch/OpenMP threads (default 1: on a shared machine a parallel region stalls whenever another "
+        "process holds a core, which swamps sub-millisecond kernels)",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    rows = []
+    for context in args.contexts:
+        calls = build(context, args)
+        times = {m: _timer(calls[m], args.budget) for m in METHODS}
+        best = {m: min(t) * 1e3 for m, t in times.items()}
+        rows.append({"context": context, **{f"{m}_ms": round(best[m], 4) for m in METHODS}})
+        del calls
+
+    header = (
+        f"decode, batch {args.batch}, {args.heads} heads / {args.kv_heads} KV heads, d={args.head_size}, bf16, "
+        f"block {args.block_size}, W={args.window}, S={args.sinks}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; min of repeats"
+    )
+    print(header)
+    cols = ["context", "local ms", "vLLM full ms", "vLLM SWA ms", "SDPA dense ms", "full/local", "local/SWA", "SDPA/local"]
+    print("  ".join(f"{c:>13}" for c in cols))
+    for r in rows:
+        vals = [
+            r["context"], r["local_ms"], r["vllm_full_ms"], r["vllm_swa_ms"], r["sdpa_dense_ms"],
+            r["vllm_full_ms"] / r["local_ms"], r["local_ms"] / r["vllm_swa_ms"], r["sdpa_dense_ms"] / r["local_ms"],
+        ]  # fmt: skip
+        print("  ".join(f"{v:>13.3f}" if isinstance(v, float) else f"{v:>13}" for v in vals))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / "kernels_cpu.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    _plot(rows, header, args.out / "kernels_cpu.png")
+    print(f"wrote {args.out / 'kernels_cpu.csv'} and {args.out / 'kernels_cpu.png'}")
+    return 0
+
+
+def _plot(rows: list[dict[str, float]], title: str, path: Path) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    labels = {
+        "local": "localattn CPU (sinks + window)",
+        "vllm_full": "vLLM CPU kernel, full",
+        "vllm_swa": "vLLM CPU kernel, sliding window",
+        "sdpa_dense": "torch SDPA, dense cache",
+    }
+    ctx = [r["context"] for r in rows]
+    for m in METHODS:
+        ax.plot(ctx, [r[f"{m}_ms"] for r in rows], marker="o", label=labels[m])
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("decode attention time per layer (ms)")
+    ax.set_title(title, fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,439 @@
+"""Start, inspect and stop the dev cluster: etcd, kube-apiserver, controller-manager, scheduler, node agent.
+
+Everything binds to 127.0.0.1 on free ports and lives under one state dir, so several clusters (a dev one,
+a test one) coexist. `up` is idempotent and restarts only what is not running; `down` signals only the
+process groups recorded in the state dir. With `$KUBECONFIG` pointing at a live cluster, `up` uses that
+cluster and starts nothing (a node agent only when asked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import socket
+import ssl
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from localattn_dev import kubeconfig as kc
+from localattn_dev import procs
+from localattn_dev.assets import find_assets
+from localattn_dev.components import (
+    COMPONENTS,
+    DEPENDENTS,
+    Layout,
+    NodeSpec,
+    Ports,
+    apiserver_argv,
+    controller_manager_argv,
+    etcd_argv,
+    node_agent_argv,
+    scheduler_argv,
+    server_url,
+)
+from localattn_dev.paths import resolve_state_dir
+from localattn_dev.pki import ensure_pki
+
+
+class ClusterError(RuntimeError):
+    """A component did not come up; the message carries the tail of its log."""
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    kubeconfig: Path
+    server: str
+    state_dir: Path
+    started: bool  # this call started at least one process
+    external: bool = False  # a cluster from $KUBECONFIG: we run none of its control plane
+    nodes: tuple[str, ...] = ()  # fake GPU nodes our agent serves (empty: no agent of ours)
+    ports: dict[str, int] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+
+
+def kubeconfig_path(state_dir: Path | str | None = None) -> Path:
+    """The admin kubeconfig `up` writes (it exists once the cluster was started)."""
+    return Layout(resolve_state_dir(state_dir)).kubeconfig
+
+
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    """Serialise up/down on one state dir (two terminals, parallel test sessions)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _read_state(layout: Layout) -> dict[str, Any]:
+    try:
+        return dict(json.loads(layout.state_file.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_state(layout: Layout, state: dict[str, Any]) -> None:
+    tmp = layout.state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+    tmp.replace(layout.state_file)
+
+
+def _port_free(port: int) -> bool:
+    """Bindable as the Go servers bind (SO_REUSEADDR): connections in TIME_WAIT after a stop don't count."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _pick_ports(previous: dict[str, int], keep: set[str]) -> Ports:
+    """Reuse the recorded port of a running component (`keep`) or a still-free one; else a fresh free port."""
+    held: list[socket.socket] = []
+    chosen: dict[str, int] = {}
+    try:
+        for name in Ports.__dataclass_fields__:
+            old = previous.get(name)
+            if old and (name in keep or _port_free(old)) and old not in chosen.values():
+                chosen[name] = old
+                continue
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            held.append(s)  # hold it so the next pick differs
+            chosen[name] = s.getsockname()[1]
+    finally:
+        for s in held:
+            s.close()
+    return Ports(**chosen)
+
+
+PORT_OWNER = {
+    "etcd_client": "etcd",
+    "etcd_peer": "etcd",
+    "apiserver": "kube-apiserver",
+    "controller_manager": "kube-controller-manager",
+    "scheduler": "kube-scheduler",
+}
+
+
+def _http_ok(
+    url: str, context: ssl.SSLContext | None = None, token: str | None = None, timeout: float = 2.0
+) -> bool:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            return bool(response.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
+def _insecure_context() -> ssl.SSLContext:
+    # controller-manager and scheduler serve /healthz with self-signed in-memory certs; only liveness matters.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _wait(ok: Callable[[], bool], what: str, record: procs.ProcRecord | None, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ok():
+            return
+        if record is not None and not procs.alive(record):
+            raise ClusterError(f"{what}: process exited\n{_log_tail(record)}")
+        time.sleep(0.2)
+    raise ClusterError(f"{what}: not ready after {timeout:.0f}s\n{_log_tail(record) if record else ''}")
+
+
+def _log_tail(record: procs.ProcRecord, lines: int = 25) -> str:
+    try:
+        return "\n".join(Path(record.log).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _running(state_dir: Path) -> dict[str, procs.ProcRecord]:
+    return {name: r for name, r in procs.load_all(state_dir).items() if procs.alive(r)}
+
+
+def up(
+    state_dir: Path | str | None = None,
+    nodes: int = 2,
+    gpus_per_node: int = 4,
+    node_mode: str = "simulate",
+    *,
+    use_existing: bool = True,
+    agent_on_existing: bool = False,
+    timeout: float = 120.0,
+) -> ClusterInfo:
+    """Make sure a cluster runs and return how to reach it (`started=False` when nothing had to start)."""
+    sd = resolve_state_dir(state_dir)
+    spec = NodeSpec(nodes=nodes, gpus_per_node=gpus_per_node, mode=node_mode)
+    with _locked(sd):
+        layout = Layout(sd)
+        env_kubeconfig = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+        if (
+            use_existing
+            and env_kubeconfig
+            and Path(env_kubeconfig).absolute() != layout.kubeconfig
+            and kc.answers(env_kubeconfig)
+        ):
+            return _use_external(layout, Path(env_kubeconfig), spec if agent_on_existing else None, timeout)
+        return _up_local(layout, spec, timeout)
+
+
+def _use_external(layout: Layout, kubeconfig: Path, spec: NodeSpec | None, timeout: float) -> ClusterInfo:
+    server = kc.server_of(kubeconfig) or ""
+    started = False
+    running = _running(layout.state_dir)
+    if set(running) - {"node-agent"}:
+        # This state dir holds a local cluster of ours: leave its processes and records alone.
+        return ClusterInfo(
+            kubeconfig=kubeconfig, server=server, state_dir=layout.state_dir, started=False, external=True
+        )
+    if spec is not None and "node-agent" not in running:
+        record = procs.start(layout.state_dir, "node-agent", node_agent_argv(kubeconfig, spec), _agent_env())
+        running["node-agent"] = record
+        _wait(lambda: _nodes_ready(kubeconfig, spec.names()), "node agent", record, timeout)
+        started = True
+    _write_state(
+        layout,
+        {
+            "external": True,
+            "kubeconfig": str(kubeconfig),
+            "server": server,
+            "nodes": spec.names() if spec else [],
+        },
+    )
+    return ClusterInfo(
+        kubeconfig=kubeconfig,
+        server=server,
+        state_dir=layout.state_dir,
+        started=started,
+        external=True,
+        nodes=tuple(spec.names()) if spec else (),
+        pids={n: r.pid for n, r in running.items()},
+    )
+
+
+def _up_local(layout: Layout, spec: NodeSpec, timeout: float) -> ClusterInfo:
+    sd = layout.state_dir
+    state = _read_state(layout)
+    running = _running(sd)
+    if state.get("external"):
+        state = {}
+    previous_ports = state.get("ports", {})
+    if set(running) == set(COMPONENTS) and previous_ports:
+        ports = Ports(**previous_ports)
+        if _apiserver_ready(layout, ports):
+            return _info(layout, ports, running, started=False, names=state.get("nodes", spec.names()))
+
+    assets = find_assets()
+    pki = ensure_pki(layout.pki)
+    keep = {p for p, owner in PORT_OWNER.items() if owner in running}
+    ports = _pick_ports(previous_ports, keep)
+    # A component whose endpoint moved invalidates the running processes that talk to it.
+    for port_name, owner in PORT_OWNER.items():
+        if previous_ports.get(port_name) not in (None, getattr(ports, port_name)):
+            for dependent in DEPENDENTS.get(owner, ()):
+                if running.pop(dependent, None) is not None:
+                    procs.stop(sd, dependent)
+    server = server_url(ports)
+    kc.write(layout.kubeconfig, kc.render(server, pki.ca_crt, pki.tokens["admin"]))
+    for identity in ("controller-manager", "scheduler", "node-agent"):
+        config = kc.render(server, pki.ca_crt, pki.tokens[identity], user=identity)
+        kc.write(layout.component_kubeconfig(identity), config)
+    names = spec.names() if "node-agent" not in running else state.get("nodes", spec.names())
+    _write_state(
+        layout,
+        {
+            "external": False,
+            "ports": ports.as_dict(),
+            "server": server,
+            "nodes": names,
+            "bin": {"apiserver": str(assets.kube_apiserver)},
+        },
+    )
+
+    started = False
+    ca_context = ssl.create_default_context(cafile=str(pki.ca_crt))
+    if "etcd" not in running:
+        layout.etcd_data.mkdir(mode=0o700, exist_ok=True)
+        record = running["etcd"] = procs.start(sd, "etcd", etcd_argv(assets, layout, ports))
+        _wait(lambda: _http_ok(f"http://127.0.0.1:{ports.etcd_client}/health"), "etcd", record, timeout)
+        started = True
+    if "kube-apiserver" not in running:
+        record = running["kube-apiserver"] = procs.start(
+            sd, "kube-apiserver", apiserver_argv(assets, layout, ports)
+        )
+        _wait(lambda: _apiserver_ready(layout, ports, ca_context), "kube-apiserver", record, timeout)
+        started = True
+    _ensure_default_namespace(layout.kubeconfig)
+    if "kube-controller-manager" not in running:
+        argv = controller_manager_argv(assets, layout, ports)
+        running["kube-controller-manager"] = procs.start(sd, "kube-controller-manager", argv)
+        started = True
+    if "kube-scheduler" not in running:
+        running["kube-scheduler"] = procs.start(sd, "kube-scheduler", scheduler_argv(assets, layout, ports))
+        started = True
+    if "node-agent" not in running:
+        argv = node_agent_argv(layout.component_kubeconfig("node-agent"), spec)
+        running["node-agent"] = procs.start(sd, "node-agent", argv, _agent_env())
+        started = True
+    insecure = _insecure_context()
+    for name, port in (
+        ("kube-controller-manager", ports.controller_manager),
+        ("kube-scheduler", ports.scheduler),
+    ):
+        url = f"https://127.0.0.1:{port}/healthz"
+        _wait(lambda url=url: _http_ok(url, insecure), name, running[name], timeout)  # type: ignore[misc]
+    _wait(lambda: _nodes_ready(layout.kubeconfig, names), "node agent", running["node-agent"], timeout)
+    return _info(layout, ports, running, started=started, names=names)
+
+
+def _info(
+    layout: Layout, ports: Ports, running: dict[str, procs.ProcRecord], started: bool, names: list[str]
+) -> ClusterInfo:
+    return ClusterInfo(
+        kubeconfig=layout.kubeconfig,
+        server=server_url(ports),
+        state_dir=layout.state_dir,
+        started=started,
+        nodes=tuple(names),
+        ports=ports.as_dict(),
+        pids={n: r.pid for n, r in running.items()},
+    )
+
+
+def _agent_env() -> dict[str, str]:
+    """The agent imports this package: make it importable even when the project is not pip-installed."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _apiserver_ready(layout: Layout, ports: Ports, context: ssl.SSLContext | None = None) -> bool:
+    if context is None:
+        try:
+            context = ssl.create_default_context(cafile=str(layout.pki / "ca.crt"))
+        except OSError:
+            return False
+    return _http_ok(f"{server_url(ports)}/readyz", context)
+
+
+def _ensure_default_namespace(kubeconfig: Path) -> None:
+    """`default` namespace and ServiceAccount exist before anyone creates pods (no race with the controllers)."""
+    from kubernetes import client, config
+    from kubernetes.client.rest import ApiException
+
+    api_client = config.new_client_from_config(config_file=str(kubeconfig))
+    try:
+        core = client.CoreV1Api(api_client)
+        for create, body in (
+            (lambda b: core.create_namespace(b), {"metadata": {"name": "default"}}),
+            (
+                lambda b: core.create_namespaced_service_account("default", b),
+                {"metadata": {"name": "default"}},
+            ),
+        ):
+            try:
+                create(body)
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+    finally:
+        api_client.close()
+
+
+def _nodes_ready(kubeconfig: Path, names: list[str]) -> bool:
+    from kubernetes import client, config
+
+    try:
+        api_client = config.new_client_from_config(config_file=str(kubeconfig))
+    except Exception:
+        return False
+    try:
+        raw: Any = client.CoreV1Api(api_client).list_node(_preload_content=False, _request_timeout=5)
+        items = json.loads(raw.data)["items"]
+    except Exception:
+        return False
+    finally:
+        api_client.close()
+    ready = {n["metadata"]["name"] for n in items if _schedulable(n)}
+    return set(names) <= ready
+
+
+def _schedulable(node: dict[str, Any]) -> bool:
+    """Ready, and the not-ready taint that admission puts on every new node already lifted by the node
+    lifecycle controller (a few seconds after the first heartbeat): pods created now schedule at once."""
+    conditions = node.get("status", {}).get("conditions", [])
+    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+    taints = {t["key"] for t in node.get("spec", {}).get("taints") or []}
+    return ready and not taints & {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
+
+
+def down(state_dir: Path | str | None = None, purge: bool = False) -> list[str]:
+    """Stop the processes recorded in the state dir (newest layer first); return the names that were running.
+
+    `purge` also deletes the cluster's files (etcd data, PKI, kubeconfigs, logs) — never anything else.
+    """
+    sd = resolve_state_dir(state_dir)
+    if not sd.exists():
+        return []
+    stopped: list[str] = []
+    with _locked(sd):
+        for name in reversed(COMPONENTS):
+            if procs.stop(sd, name):
+                stopped.append(name)
+        if purge:
+            layout = Layout(sd)
+            for path in (layout.pki, layout.etcd_data, sd / "kubeconfigs", sd / "logs", procs.run_dir(sd)):
+                shutil.rmtree(path, ignore_errors=True)
+            for path in (layout.kubeconfig, layout.state_file):
+                path.unlink(missing_ok=True)
+    if purge:
+        (sd / ".lock").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            sd.rmdir()
+    return stopped
+
+
+def status(state_dir: Path | str | None = None) -> dict[str, Any]:
+    """What runs: each component's PID and liveness, the server, whether it answers, and the nodes' readiness."""
+    sd = resolve_state_dir(state_dir)
+    layout = Layout(sd)
+    state = _read_state(layout)
+    records = procs.load_all(sd) if sd.exists() else {}
+    components = {
+        name: {"pid": r.pid, "running": procs.alive(r), "log": r.log} for name, r in records.items()
+    }
+    kubeconfig = Path(state["kubeconfig"]) if state.get("external") else layout.kubeconfig
+    result: dict[str, Any] = {
+        "state_dir": str(sd),
+        "kubeconfig": str(kubeconfig),
+        "server": state.get("server"),
+        "external": bool(state.get("external")),
+        "ports": state.get("ports", {}),
+        "components": components,
+        "ready": False,
+        "nodes": {},
+    }
+    if state.get("external"):
+        result["ready"] = kc.answers(kubeconfig)
+    elif state.get("ports"):
+        result["ready"] = _apiserver_ready(layout, Ports(**state["ports"]))
+    if result["ready"]:
+        result["nodes"] = {name: _nodes_ready(kubeconfig, [name]) for name in state.get("nodes", [])}
+    return result

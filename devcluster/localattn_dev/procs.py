@@ -1,0 +1,135 @@
+"""Start, track and stop the cluster's processes: only what we started, identified beyond the bare PID.
+
+Each process runs in its own session (it survives the caller and its process group is ours to signal),
+logs to `<state>/logs/<name>.log`, and is recorded in `<state>/run/<name>.json` with its start time from
+/proc, so a recycled PID is never mistaken for ours and never signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ProcRecord:
+    name: str
+    pid: int
+    start_ticks: int
+    argv: list[str]
+    log: str
+
+
+def _start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat: start time since boot; None if the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces; fields after it are split on the last ')'.
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[19])
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def alive(record: ProcRecord) -> bool:
+    """The recorded process still runs (same PID *and* same start time, not a zombie)."""
+    return _start_ticks(record.pid) == record.start_ticks and not _is_zombie(record.pid)
+
+
+def run_dir(state_dir: Path) -> Path:
+    return state_dir / "run"
+
+
+def load(state_dir: Path, name: str) -> ProcRecord | None:
+    path = run_dir(state_dir) / f"{name}.json"
+    try:
+        return ProcRecord(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def load_all(state_dir: Path) -> dict[str, ProcRecord]:
+    records: dict[str, ProcRecord] = {}
+    for path in sorted(run_dir(state_dir).glob("*.json")):
+        record = load(state_dir, path.stem)
+        if record is not None:
+            records[record.name] = record
+    return records
+
+
+def start(
+    state_dir: Path, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None
+) -> ProcRecord:
+    """Start `argv` detached (new session, stdin closed, output to its log) and record it."""
+    logs = state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    run_dir(state_dir).mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"{name}.log"
+    with open(log_path, "ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(env) if env is not None else None,
+            cwd=state_dir,
+        )
+    ticks = _start_ticks(proc.pid)
+    record = ProcRecord(name=name, pid=proc.pid, start_ticks=ticks or -1, argv=list(argv), log=str(log_path))
+    tmp = run_dir(state_dir) / f".{name}.json.tmp"
+    tmp.write_text(json.dumps(asdict(record)))
+    tmp.replace(run_dir(state_dir) / f"{name}.json")
+    return record
+
+
+def stop(state_dir: Path, name: str, timeout: float = 10.0) -> bool:
+    """SIGTERM the recorded process group, SIGKILL after `timeout`; forget the record. True if it ran."""
+    record = load(state_dir, name)
+    if record is None:
+        return False
+    was_alive = alive(record)
+    if was_alive:
+        _signal_group(record, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while alive(record) and time.monotonic() < deadline:
+            _reap(record.pid)
+            time.sleep(0.05)
+        if alive(record):
+            _signal_group(record, signal.SIGKILL)
+            while alive(record) and time.monotonic() < deadline + 5:
+                _reap(record.pid)
+                time.sleep(0.05)
+    (run_dir(state_dir) / f"{name}.json").unlink(missing_ok=True)
+    return was_alive
+
+
+def _signal_group(record: ProcRecord, sig: signal.Signals) -> None:
+    # start_new_session made the child a group leader: its PGID is its PID. Re-check identity right
+    # before signalling so a PID recycled in between is left alone.
+    if not alive(record):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(record.pid, sig)
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status when the process is our own child (a same-process up/down, as in tests)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)

@@ -1,0 +1,116 @@
+"""Helpers the e2e suites share: a session cluster, a kubectl runner, polling, throwaway namespaces.
+
+info = ensure_cluster()                      # started once, reused by later sessions while healthy
+with temp_namespace(info.kubeconfig) as ns:
+    kubectl("apply", "-n", ns, "-f", "-", kubeconfig=info.kubeconfig, input=manifest)
+    wait_for(lambda: pod_is_ready(), timeout=30, message="pod ready")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from localattn_dev.assets import kubectl_path
+from localattn_dev.controlplane import ClusterInfo, up
+from localattn_dev.paths import cache_dir
+
+T = TypeVar("T")
+
+
+def default_test_state_dir() -> Path:
+    """`$LOCALATTN_TEST_DEV_DIR`, else `<cache>/dev-test`: kept apart from the developer's own dev cluster."""
+    env = os.environ.get("LOCALATTN_TEST_DEV_DIR")
+    return Path(env) if env else cache_dir() / "dev-test"
+
+
+def ensure_cluster(
+    state_dir: Path | str | None = None,
+    nodes: int = 2,
+    gpus_per_node: int = 4,
+    *,
+    use_existing: bool = True,
+) -> ClusterInfo:
+    """A running cluster for a test session: `$KUBECONFIG`'s if it answers, else the test dev cluster
+    (reused when it already runs healthy, started otherwise). It is left running for the next session;
+    `controlplane.down(info.state_dir)` stops it."""
+    return up(
+        state_dir if state_dir is not None else default_test_state_dir(),
+        nodes,
+        gpus_per_node,
+        use_existing=use_existing,
+    )
+
+
+class KubectlError(subprocess.CalledProcessError):
+    def __str__(self) -> str:
+        return f"{super().__str__()}\nstdout: {self.stdout}\nstderr: {self.stderr}"
+
+
+def kubectl(
+    *args: str,
+    kubeconfig: Path | str,
+    check: bool = True,
+    input: str | None = None,
+    timeout: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run kubectl (the cluster's own 1.20 build when available) against `kubeconfig`; text output."""
+    argv = [str(kubectl_path()), "--kubeconfig", str(kubeconfig), *args]
+    proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise KubectlError(proc.returncode, argv, proc.stdout, proc.stderr)
+    return proc
+
+
+def kubectl_json(*args: str, kubeconfig: Path | str) -> Any:
+    """`kubectl ... -o json`, parsed."""
+    return json.loads(kubectl(*args, "-o", "json", kubeconfig=kubeconfig).stdout)
+
+
+def wait_for(
+    predicate: Callable[[], T],
+    timeout: float = 60.0,
+    interval: float = 0.5,
+    message: str = "condition",
+) -> T:
+    """Poll until `predicate()` returns something truthy and return it. Exceptions count as "not yet";
+    on timeout, raise TimeoutError naming `message`, the last value and the last exception."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            last = predicate()
+            error = None
+            if last:
+                return last
+        except Exception as e:
+            error = e
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"timed out after {timeout:.0f}s waiting for {message}; last value {last!r}"
+            ) from error
+        time.sleep(interval)
+
+
+@contextlib.contextmanager
+def temp_namespace(kubeconfig: Path | str, prefix: str = "test-", keep: bool = False) -> Iterator[str]:
+    """Create a uniquely named namespace (with its `default` ServiceAccount) and delete it afterwards
+    (without waiting: the namespace controller and the node agent finish the job in the background)."""
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name, kubeconfig=kubeconfig)
+    created = kubectl("create", "serviceaccount", "default", "-n", name, kubeconfig=kubeconfig, check=False)
+    if created.returncode != 0 and "AlreadyExists" not in created.stderr:
+        raise KubectlError(created.returncode, created.args, created.stdout, created.stderr)
+    try:
+        yield name
+    finally:
+        if not keep:
+            kubectl("delete", "namespace", name, "--wait=false", kubeconfig=kubeconfig, check=False)

@@ -1,0 +1,115 @@
+{{/*
+Names and labels. Names are truncated to 63 characters (the DNS label limit of Kubernetes names).
+*/}}
+{{- define "localattn.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "localattn.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "localattn.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Selector labels: stable across upgrades (a Deployment's selector is immutable).
+*/}}
+{{- define "localattn.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "localattn.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "localattn.labels" -}}
+helm.sh/chart: {{ include "localattn.chart" . }}
+{{ include "localattn.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: localattn
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "localattn.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "localattn.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "localattn.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+RBAC rules for the namespaced resources the operator touches, shared by the ClusterRole (cluster-wide) and
+the per-namespace Roles (watchNamespaces). Exactly what operator/localattn_operator/{k8s,handlers}.py and kopf
+use, and nothing more: tests/helm/test_rbac.py pins this list, tests/helm/test_e2e_rbac.py checks it on a real
+apiserver.
+*/}}
+{{- define "localattn.namespacedRules" -}}
+# The custom resources: read and watch them, patch annotations (kopf's progress and diff-base storage).
+- apiGroups: ["localattn.dev"]
+  resources: ["localattndeployments"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+- apiGroups: ["localattn.dev"]
+  resources: ["localattndeployments/status"]
+  verbs: ["get", "patch", "update"]
+# Children, written with server-side apply (PATCH) and removed when a revision is retired.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: [""]
+  resources: ["services", "configmaps"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# Serving pods: watched to reconcile on readiness changes, listed to explain Pending ones.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+# Events on LocalAttnDeployments (ours and kopf's).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+Cross-field checks the schema cannot express. Included by the Deployment, so every render runs them.
+*/}}
+{{- define "localattn.validate" -}}
+{{- if ne (int .Values.replicaCount) 1 }}
+{{- fail (printf "replicaCount must be 1 (got %v): the operator runs kopf in standalone mode without peering, so a second replica would reconcile the same objects concurrently" .Values.replicaCount) }}
+{{- end }}
+{{- if and (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) }}
+{{- fail "serviceAccount.name is required when serviceAccount.create is false: name the existing ServiceAccount the operator should run as" }}
+{{- end }}
+{{- if eq (int .Values.metrics.port) (int .Values.health.port) }}
+{{- fail (printf "metrics.port and health.port must differ (both are %v): the metrics server and kopf's liveness endpoint each bind their own port" .Values.metrics.port) }}
+{{- end }}
+{{- if le (float64 .Values.resyncSeconds) 0.0 }}
+{{- fail (printf "resyncSeconds must be greater than 0 (got %v)" .Values.resyncSeconds) }}
+{{- end }}
+{{- $seen := dict }}
+{{- range .Values.watchNamespaces }}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" .) }}
+{{- fail (printf "watchNamespaces: %q is not a valid namespace name (a lowercase RFC 1123 label)" .) }}
+{{- end }}
+{{- if hasKey $seen . }}
+{{- fail (printf "watchNamespaces: %q is listed twice" .) }}
+{{- end }}
+{{- $_ := set $seen . true }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,300 @@
+"""Optional fused C decode kernel for the CPU path, built on first use with the system C compiler.
+
+Why: decode over W + S keys moves ~2 MB per layer; composed torch ops (gather, upcast, bmm, softmax, bmm) touch
+those bytes ~8 times and pay per-op dispatch, which left the torch path several times slower than vLLM's own
+fused sliding-window kernel. This kernel reads each needed key/value once, straight from vLLM's CPU cache
+("vec" layout: K^T per block), in fp32 accumulation, parallel over (request, KV head) with OpenMP (it links to
+the ``libgomp.so.1`` torch already loaded, so they share one thread pool).
+
+No torch headers, so it builds in ~1 s; the ``.so`` is cached under ``$LOCALATTN_CACHE`` (default
+``~/.cache/localattn``) keyed by source, compiler and CPU flags. Missing compiler or a failed build: the CPU
+path silently keeps its torch implementation (``available()`` says which). ``LOCALATTN_NATIVE=0`` disables it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = r"""
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static inline float bf16_to_f32(uint16_t x) {
+    uint32_t u = ((uint32_t)x) << 16; float f; memcpy(&f, &u, 4); return f;
+}
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u; memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+/* Cephes-style expf (max rel. error ~2e-7) that gcc vectorises; libm's expf is scalar and ~20 ns a call. */
+static inline float fast_expf(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    const float n = floorf(x * 1.44269504088896341f + 0.5f);
+    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const int32_t e = ((int32_t)n + 127) << 23;
+    float scale; memcpy(&scale, &e, 4);
+    return p * scale;
+}
+/* Load n elements (fp32 if is_bf16 == 0, else bf16) into fp32 dst. */
+static inline void load_row(float *restrict dst, const void *restrict src, int64_t n, int is_bf16) {
+    if (is_bf16) { const uint16_t *s = (const uint16_t *)src; for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]); }
+    else memcpy(dst, src, (size_t)n * sizeof(float));
+}
+
+/* GCC vector extensions: explicit 16-lane SIMD that compiles to AVX-512, AVX2 pairs or NEON alike. */
+typedef float v16f __attribute__((vector_size(64)));
+typedef uint16_t v16h __attribute__((vector_size(32)));
+typedef uint32_t v16u __attribute__((vector_size(64)));
+#define CH 16
+
+static inline __attribute__((always_inline)) v16f load16(const char *p, const int is_bf16) {
+    v16f f;
+    if (is_bf16) { v16h h; memcpy(&h, p, 32); v16u u = __builtin_convertvector(h, v16u) << 16; memcpy(&f, &u, 64); }
+    else memcpy(&f, p, 64);
+    return f;
+}
+
+/* scores for tokens [t0, t1) of one block (K^T [D][bs]); 16-token chunks are aligned inside the block, so
+   lanes outside the range still read inside the block and are just not stored. G accumulators stay in
+   registers across the whole head dimension. */
+static inline __attribute__((always_inline)) void score_block(
+    const int G, const char *kb, int64_t bs, int64_t t0, int64_t t1, const float *restrict qf, int D,
+    float *restrict sc, int64_t n, int64_t o, const int is_bf16)
+{
+    const int64_t esz = is_bf16 ? 2 : 4;
+    for (int64_t c = t0 - t0 % CH; c < t1; c += CH) {
+        v16f acc[16];
+        for (int g = 0; g < G; ++g) acc[g] = (v16f){0};
+        for (int d = 0; d < D; ++d) {
+            const v16f k = load16(kb + ((int64_t)d * bs + c) * esz, is_bf16);
+            for (int g = 0; g < G; ++g) acc[g] += qf[g * D + d] * k;
+        }
+        for (int g = 0; g < G; ++g) {
+            float lane[CH];
+            memcpy(lane, &acc[g], sizeof lane);
+            for (int i = 0; i < CH; ++i) {
+                const int64_t t = c + i;
+                if (t >= t0 && t < t1) sc[(int64_t)g * n + o + (t - t0)] = lane[i];
+            }
+        }
+    }
+}
+
+/* out_acc[g][:] += sum over tokens [t0, t1) of one block of p[g][t] * V[t][:], 32 dims at a time. */
+static inline __attribute__((always_inline)) void value_block(
+    const int G, const char *vb, int64_t t0, int64_t t1, int D, const float *restrict sc, int64_t n, int64_t o,
+    float *restrict out_acc, const int is_bf16)
+{
+    const int64_t esz = is_bf16 ? 2 : 4;
+    for (int d0 = 0; d0 < D; d0 += 2 * CH) {
+        v16f a0[16], a1[16];
+        for (int g = 0; g < G; ++g) { memcpy(&a0[g], out_acc + g * D + d0, 64); memcpy(&a1[g], out_acc + g * D + d0 + CH, 64); }
+        for (int64_t t = t0; t < t1; ++t) {
+            const v16f v0 = load16(vb + (t * D + d0) * esz, is_bf16);
+            const v16f v1 = load16(vb + (t * D + d0 + CH) * esz, is_bf16);
+            for (int g = 0; g < G; ++g) {
+                const float p = sc[(int64_t)g * n + o + (t - t0)];
+                a0[g] += p * v0;
+                a1[g] += p * v1;
+            }
+        }
+        for (int g = 0; g < G; ++g) { memcpy(out_acc + g * D + d0, &a0[g], 64); memcpy(out_acc + g * D + d0 + CH, &a1[g], 64); }
+    }
+}
+
+static inline __attribute__((always_inline)) void decode_task(
+    const int G, const char *q, int64_t q_st, int64_t q_sh, const char *kc, const char *vc, int64_t sb, int64_t sh,
+    const int32_t *bt, int64_t L, int64_t q_row, char *out, int64_t o_st, int64_t o_sh,
+    int kvh, int D, int64_t bs, int window, int sinks, float scale, const int is_bf16)
+{
+    const int64_t esz = is_bf16 ? 2 : 4;
+    const int64_t n_sink = sinks < L ? sinks : L;
+    const int64_t win_lo = (L - window) > sinks ? (L - window) : sinks;
+    const int64_t n = n_sink + (L > win_lo ? L - win_lo : 0);
+    float *qf = (float *)malloc(sizeof(float) * G * D);
+    float *sc = (float *)malloc(sizeof(float) * G * (n > 0 ? n : 1));
+    float *acc = (float *)calloc((size_t)G * D, sizeof(float));
+    for (int g = 0; g < G; ++g) {
+        load_row(qf + g * D, q + (q_row * q_st + (int64_t)(kvh * G + g) * q_sh) * esz, D, is_bf16);
+        for (int d = 0; d < D; ++d) qf[g * D + d] *= scale;
+    }
+    for (int pass = 0; pass < 2; ++pass) {
+        for (int part = 0; part < 2; ++part) {
+            const int64_t j0 = part == 0 ? 0 : win_lo, j1 = part == 0 ? n_sink : L;
+            const int64_t base = part == 0 ? 0 : n_sink;
+            for (int64_t j = j0; j < j1;) {
+                const int64_t b = j / bs, t0 = j % bs;
+                const int64_t t1 = (j1 - b * bs) < bs ? (j1 - b * bs) : bs;
+                const int64_t off = ((int64_t)bt[b] * sb + (int64_t)kvh * sh) * esz;
+                if (pass == 0) score_block(G, kc + off, bs, t0, t1, qf, D, sc, n, base + (j - j0), is_bf16);
+                else value_block(G, vc + off, t0, t1, D, sc, n, base + (j - j0), acc, is_bf16);
+                j += t1 - t0;
+            }
+        }
+        if (pass == 0) {
+            for (int g = 0; g < G; ++g) {
+                float *s = sc + (int64_t)g * n, m = -INFINITY, sum = 0.f;
+                for (int64_t t = 0; t < n; ++t) m = s[t] > m ? s[t] : m;
+                for (int64_t t = 0; t < n; ++t) { s[t] = fast_expf(s[t] - m); sum += s[t]; }
+                const float inv = sum > 0.f ? 1.f / sum : 0.f;
+                for (int64_t t = 0; t < n; ++t) s[t] *= inv;
+            }
+        }
+    }
+    for (int g = 0; g < G; ++g) {
+        char *dst = out + (q_row * o_st + (int64_t)(kvh * G + g) * o_sh) * esz;
+        const float *a = acc + g * D;
+        if (is_bf16) { uint16_t *o16 = (uint16_t *)dst; for (int d = 0; d < D; ++d) o16[d] = f32_to_bf16(a[d]); }
+        else memcpy(dst, a, sizeof(float) * D);
+    }
+    free(qf); free(sc); free(acc);
+}
+
+/* Decode: request r has one query (row q_rows[r]) at position seq_lens[r]-1 and reads keys
+   [0, min(S, L)) and [max(L - W, S), L). key_cache/value_cache: element strides (sb, sh) of
+   [num_blocks, H, ...]; inside a (block, head): K^T [D][bs], V [bs][D] (vLLM CPU "vec" layout).
+   Needs block_size % 16 == 0, head_size % 32 == 0, group <= 16 (the caller checks). */
+void localattn_decode(
+    const void *q, int64_t q_st, int64_t q_sh,
+    const void *kc, const void *vc, int64_t sb, int64_t sh,
+    const int32_t *block_table, int64_t bt_stride, const int32_t *seq_lens, const int64_t *q_rows,
+    void *out, int64_t o_st, int64_t o_sh,
+    int num_reqs, int num_heads, int num_kv_heads, int head_size, int block_size,
+    int window, int sinks, float scale, int is_bf16, int num_threads)
+{
+    const int group = num_heads / num_kv_heads;
+    const int tasks = num_reqs * num_kv_heads;
+    #pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
+    for (int task = 0; task < tasks; ++task) {
+        const int r = task / num_kv_heads, kvh = task % num_kv_heads;
+        const int32_t *bt = block_table + (int64_t)r * bt_stride;
+#define CALL(GG, BF) decode_task(GG, (const char *)q, q_st, q_sh, (const char *)kc, (const char *)vc, sb, sh, bt, \
+        seq_lens[r], q_rows[r], (char *)out, o_st, o_sh, kvh, head_size, block_size, window, sinks, scale, BF)
+#define BY_GROUP(BF) switch (group) { \
+            case 1: CALL(1, BF); break; case 2: CALL(2, BF); break; case 4: CALL(4, BF); break; \
+            case 8: CALL(8, BF); break; default: CALL(group, BF); break; }
+        if (is_bf16) { BY_GROUP(1) } else { BY_GROUP(0) }
+#undef BY_GROUP
+#undef CALL
+    }
+}
+"""
+
+FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-shared", "-fPIC", "-fno-math-errno"]
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("LOCALATTN_CACHE", Path.home() / ".cache" / "localattn")) / "kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return ""
+
+
+@functools.lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get("LOCALATTN_NATIVE", "1") == "0":
+        return None
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        return None
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
+        key = hashlib.sha256("\0".join([SOURCE, " ".join(FLAGS), version, _cpu_flags()]).encode()).hexdigest()[:16]
+        target = _cache_dir() / f"localattn_decode-{key}.so"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                src = Path(tmp) / "decode.c"
+                src.write_text(SOURCE)
+                built = Path(tmp) / "decode.so"
+                subprocess.run([cc, *FLAGS, str(src), "-o", str(built), "-lm"], capture_output=True, check=True)
+                staged = target.with_suffix(f".{os.getpid()}.tmp")
+                shutil.copyfile(built, staged)
+                os.replace(staged, target)  # atomic: concurrent builders (vLLM workers) never see half a file
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    fn = lib.localattn_decode
+    i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+    fn.argtypes = [ptr, i64, i64, ptr, ptr, i64, i64, ptr, i64, ptr, ptr, ptr, i64, i64]
+    fn.argtypes += [i32] * 7 + [ctypes.c_float, i32, i32]
+    fn.restype = None
+    return lib
+
+
+def available() -> bool:
+    """Whether the fused decode kernel is built and loadable here."""
+    return _library() is not None
+
+
+def supports(query: torch.Tensor, key_cache: torch.Tensor, isa: str) -> bool:
+    return (
+        isa in ("vec", "vec16")
+        and query.dtype in (torch.float32, torch.bfloat16)
+        and query.stride(-1) == 1
+        and key_cache.stride(2) == key_cache.shape[3]
+        and key_cache.stride(3) == 1
+        and key_cache.shape[2] % 16 == 0
+        and key_cache.shape[3] % 32 == 0
+        and query.shape[1] // key_cache.shape[1] <= 16
+        and available()
+    )
+
+
+def decode(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    out: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    q_rows: torch.Tensor,
+    *,
+    window: int,
+    sinks: int,
+    scale: float,
+) -> None:
+    """Decode rows ``q_rows`` (one per request) of ``query`` into the same rows of ``out`` (``[T, Hq, D]``)."""
+    lib = _library()
+    assert lib is not None
+    if key_cache.stride() != value_cache.stride():
+        raise ValueError("key_cache and value_cache must be views with the same strides (vLLM's split)")
+    bt = block_table if block_table.dtype == torch.int32 else block_table.to(torch.int32)
+    sl = seq_lens if seq_lens.dtype == torch.int32 else seq_lens.to(torch.int32)
+    bt, sl, rows = bt.contiguous(), sl.contiguous(), q_rows.to(torch.int64).contiguous()
+    _, hq, d = query.shape
+    lib.localattn_decode(
+        query.data_ptr(), query.stride(0), query.stride(1),
+        key_cache.data_ptr(), value_cache.data_ptr(), key_cache.stride(0), key_cache.stride(1),
+        bt.data_ptr(), bt.stride(0), sl.data_ptr(), rows.data_ptr(),
+        out.data_ptr(), out.stride(0), out.stride(1),
+        sl.shape[0], hq, key_cache.shape[1], d, key_cache.shape[2],
+        window, sinks, scale, int(query.dtype == torch.bfloat16), torch.get_num_threads(),
+    )  # fmt: skip

@@ -1,0 +1,35 @@
+"""Process records: detached start, liveness by PID *and* start time, stop only what we started."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from localattn_dev import procs
+
+
+def test_start_stop_and_recycled_pid_is_not_ours(tmp_path: Path) -> None:
+    record = procs.start(
+        tmp_path, "sleeper", [sys.executable, "-c", "import time; print('hi', flush=True); time.sleep(60)"]
+    )
+    assert procs.alive(record)
+    assert procs.load(tmp_path, "sleeper") == record
+    # same PID, different start time: a recycled PID must never count as ours (nor be signalled)
+    impostor = dataclasses.replace(record, start_ticks=record.start_ticks + 1)
+    assert not procs.alive(impostor)
+    assert procs.stop(tmp_path, "sleeper") is True
+    assert not procs.alive(record)
+    assert procs.load(tmp_path, "sleeper") is None
+    assert procs.stop(tmp_path, "sleeper") is False  # idempotent
+    assert "hi" in Path(record.log).read_text()
+
+
+def test_stop_escalates_to_sigkill(tmp_path: Path) -> None:
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    record = procs.start(tmp_path, "stubborn", [sys.executable, "-c", code])
+    log = Path(record.log)
+    while "up" not in log.read_text():
+        pass
+    assert procs.stop(tmp_path, "stubborn", timeout=0.5)
+    assert not procs.alive(record)

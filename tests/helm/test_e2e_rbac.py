@@ -1,0 +1,281 @@
+"""The chart's RBAC on a real apiserver: the operator's ServiceAccount can do its job and nothing else.
+
+The rendered ServiceAccount, (Cluster)Roles and bindings are applied with kubectl to the local control plane
+(RBAC authorization mode); `kubectl auth can-i --as system:serviceaccount:...` then asks the apiserver's own
+authorizer. The Deployment and Service go through a server-side dry run, so the apiserver validates them too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+
+RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+
+# What `kubectl auth can-i --list` must show beyond what any ServiceAccount gets (resource.group -> verbs).
+READ = {"get", "list", "watch"}
+OWN = READ | {"create", "patch", "update", "delete"}
+NAMESPACED = {
+    "localattndeployments.localattn.dev": READ | {"patch", "update"},
+    "localattndeployments.localattn.dev/status": {"get", "patch", "update"},
+    "deployments.apps": OWN,
+    "services": OWN,
+    "configmaps": OWN,
+    "pods": READ,
+    "events": {"create", "patch"},
+}
+CLUSTER = {
+    "customresourcedefinitions.apiextensions.k8s.io": READ,
+    "namespaces": READ,
+}
+
+# (verb, resource, extra kubectl args): what the operator does in a namespace it manages.
+ALLOWED = [
+    ("watch", "localattndeployments.localattn.dev", ()),
+    ("patch", "localattndeployments.localattn.dev", ()),
+    ("patch", "localattndeployments.localattn.dev", ("--subresource=status",)),
+    ("create", "deployments.apps", ()),
+    ("patch", "deployments.apps", ()),
+    ("delete", "deployments.apps", ()),
+    ("patch", "services", ()),
+    ("delete", "configmaps", ()),
+    ("list", "pods", ()),
+    ("create", "events", ()),
+]
+# Things it must never do, anywhere.
+DENIED = [
+    ("get", "secrets", ()),
+    ("list", "secrets", ()),
+    ("create", "pods", ()),
+    ("delete", "pods", ()),
+    ("create", "localattndeployments.localattn.dev", ()),
+    ("delete", "localattndeployments.localattn.dev", ()),
+    ("update", "deployments.apps", ("--subresource=scale",)),
+    ("create", "serviceaccounts", ()),
+    ("create", "rolebindings.rbac.authorization.k8s.io", ()),
+    ("deletecollection", "configmaps", ()),
+]
+CLUSTER_ALLOWED = [
+    ("list", "customresourcedefinitions.apiextensions.k8s.io", ()),
+    ("watch", "namespaces", ()),
+]
+CLUSTER_DENIED = [
+    ("delete", "namespaces", ()),
+    ("create", "namespaces", ()),
+    ("create", "customresourcedefinitions.apiextensions.k8s.io", ()),
+    ("patch", "customresourcedefinitions.apiextensions.k8s.io", ()),
+    ("list", "secrets", ("--all-namespaces",)),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io", ()),
+    ("impersonate", "serviceaccounts", ()),
+    ("get", "nodes", ()),
+]
+
+
+@pytest.fixture(scope="module")
+def kubeconfig() -> str:
+    from localattn_dev.testing import ensure_cluster
+
+    return str(ensure_cluster().kubeconfig)
+
+
+def kubectl(kubeconfig: str, *args: str, **kwargs: Any) -> Any:
+    from localattn_dev.testing import kubectl as run
+
+    return run(*args, kubeconfig=kubeconfig, **kwargs)
+
+
+def can_i(kubeconfig: str, user: str, verb: str, resource: str, extra: tuple[str, ...], namespace: str) -> bool:
+    proc = kubectl(kubeconfig, "auth", "can-i", verb, resource, *extra, "-n", namespace, "--as", user, check=False)
+    answer = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    assert answer in ("yes", "no"), f"can-i {verb} {resource}: {proc.stdout!r} {proc.stderr!r}"
+    return answer == "yes"
+
+
+def granted(kubeconfig: str, user: str, namespace: str) -> dict[str, set[str]]:
+    """`kubectl auth can-i --list` (a SelfSubjectRulesReview) as `user` in `namespace`: resource -> verbs."""
+    out = kubectl(kubeconfig, "auth", "can-i", "--list", "-n", namespace, "--as", user).stdout
+    rules: dict[str, set[str]] = {}
+    for line in out.splitlines()[1:]:
+        columns = re.split(r"\s{2,}|\s+(?=\[)", line.strip())
+        resource, verbs = columns[0], columns[-1]
+        if not resource or resource.startswith("["):  # non-resource URLs
+            continue
+        rules.setdefault(resource, set()).update(verbs.strip("[]").split())
+    return rules
+
+
+@pytest.fixture(scope="module")
+def crd_installed(kubeconfig: str, chart: Any) -> None:
+    """What `helm install` does first: the chart's CRD (shared with other suites; left in place)."""
+    for crd in chart.crds:
+        kubectl(kubeconfig, "apply", "-f", "-", input=crd["data"])
+
+
+@pytest.fixture
+def install(kubeconfig: str, render: Any, crd_installed: None) -> Iterator[Any]:
+    """`install(values, namespace)` applies the chart's RBAC objects (and dry-runs the rest) under a unique
+    release name; returns the ServiceAccount's username. Cluster-scoped objects are deleted afterwards."""
+    releases: list[str] = []
+
+    def _install(values: dict[str, Any], namespace: str) -> str:
+        release = f"rbac-{uuid.uuid4().hex[:6]}"
+        releases.append(release)
+        docs = render(values, name=release, namespace=namespace)
+        rbac = [d for d in docs if d["kind"] in RBAC_KINDS]
+        rest = [d for d in docs if d["kind"] not in RBAC_KINDS]
+        kubectl(kubeconfig, "apply", "-f", "-", input=yaml.safe_dump_all(rbac))
+        kubectl(kubeconfig, "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(rest))
+        sa = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
+        return f"system:serviceaccount:{namespace}:{sa}"
+
+    yield _install
+    for release in releases:
+        kubectl(kubeconfig, "delete", "clusterrole,clusterrolebinding", "-l",
+                f"app.kubernetes.io/instance={release}", "--wait=false", check=False)
+
+
+def extra_grants(kubeconfig: str, user: str, namespace: str) -> dict[str, set[str]]:
+    """What `user` may do in `namespace` beyond an unbound ServiceAccount (discovery, self-reviews)."""
+    baseline = granted(kubeconfig, f"system:serviceaccount:{namespace}:default", namespace)
+    return {
+        resource: verbs - baseline.get(resource, set())
+        for resource, verbs in granted(kubeconfig, user, namespace).items()
+        if verbs - baseline.get(resource, set())
+    }
+
+
+def test_cluster_wide_install_grants_exactly_what_the_operator_uses(kubeconfig: str, install: Any) -> None:
+    from localattn_dev.testing import temp_namespace
+
+    with temp_namespace(kubeconfig, prefix="helm-op-") as release_ns, \
+            temp_namespace(kubeconfig, prefix="helm-app-") as app_ns:
+        user = install({}, release_ns)
+        assert extra_grants(kubeconfig, user, app_ns) == {**NAMESPACED, **CLUSTER}
+        for verb, resource, extra in ALLOWED + CLUSTER_ALLOWED:
+            assert can_i(kubeconfig, user, verb, resource, extra, app_ns), f"cannot {verb} {resource} {extra}"
+        for verb, resource, extra in DENIED + CLUSTER_DENIED:
+            assert not can_i(kubeconfig, user, verb, resource, extra, app_ns), f"can {verb} {resource} {extra}"
+
+
+def test_watch_namespaces_confines_the_operator(kubeconfig: str, install: Any) -> None:
+    from localattn_dev.testing import temp_namespace
+
+    with temp_namespace(kubeconfig, prefix="helm-op-") as release_ns, \
+            temp_namespace(kubeconfig, prefix="helm-a-") as watched, \
+            temp_namespace(kubeconfig, prefix="helm-b-") as other:
+        user = install({"watchNamespaces": [watched]}, release_ns)
+        assert extra_grants(kubeconfig, user, watched) == {**NAMESPACED, **CLUSTER}
+        for namespace in (other, release_ns):
+            assert extra_grants(kubeconfig, user, namespace) == CLUSTER
+        for verb, resource, extra in ALLOWED:
+            assert can_i(kubeconfig, user, verb, resource, extra, watched), f"cannot {verb} {resource} in {watched}"
+            assert not can_i(kubeconfig, user, verb, resource, extra, other), f"can {verb} {resource} in {other}"
+        for verb, resource, extra in DENIED + CLUSTER_DENIED:
+            assert not can_i(kubeconfig, user, verb, resource, extra, watched), f"can {verb} {resource} {extra}"
+        for verb, resource, extra in CLUSTER_ALLOWED:
+            assert can_i(kubeconfig, user, verb, resource, extra, other), f"cannot {verb} {resource}"
+
+
+def service_account_kubeconfig(kubeconfig: str, namespace: str, name: str, path: Path) -> str:
+    """A kubeconfig that authenticates as the ServiceAccount (a TokenRequest token, as a pod would mount)."""
+    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}}
+    out = kubectl(kubeconfig, "create", "--raw", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+                  "-f", "-", input=json.dumps(request)).stdout
+    admin = yaml.safe_load(Path(kubeconfig).read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+    cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])
+    config = {
+        "apiVersion": "v1", "kind": "Config", "clusters": [cluster],
+        "users": [{"name": name, "user": {"token": json.loads(out)["status"]["token"]}}],
+        "contexts": [{"name": name, "context": {"cluster": cluster["name"], "user": name}}],
+        "current-context": name,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_operator_runs_as_the_chart_configures_it(kubeconfig: str, render: Any, crd_installed: None,
+                                                  tmp_path: Path) -> None:
+    """The rendered command, env and RBAC are enough for the real operator: run exactly the container's
+    command line as the chart's ServiceAccount, confined to one watched namespace, and let it serve a
+    LocalAttnDeployment to Ready; its health and metrics endpoints answer on the rendered ports."""
+    from localattn_dev.testing import temp_namespace, wait_for
+
+    with temp_namespace(kubeconfig, prefix="helm-op-") as release_ns, \
+            temp_namespace(kubeconfig, prefix="helm-a-") as watched:
+        release = f"run-{uuid.uuid4().hex[:6]}"
+        metrics_port, health_port = free_port(), free_port()
+        values = {"watchNamespaces": [watched], "resyncSeconds": 5,
+                  "metrics": {"port": metrics_port}, "health": {"port": health_port}}
+        docs = render(values, name=release, namespace=release_ns)
+        try:
+            kubectl(kubeconfig, "apply", "-f", "-",
+                    input=yaml.safe_dump_all([d for d in docs if d["kind"] in RBAC_KINDS]))
+            sa = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
+            sa_kubeconfig = service_account_kubeconfig(kubeconfig, release_ns, sa, tmp_path / "sa.kubeconfig")
+            container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+            env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]}}
+            env.pop("KUBERNETES_SERVICE_HOST", None)
+            command = [str(Path(sys.executable).parent / container["command"][0]), *container["args"],
+                       "--kubeconfig", sa_kubeconfig]
+            log = tmp_path / "operator.log"
+            with open(log, "w") as out:
+                operator = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                health = f"http://127.0.0.1:{health_port}/healthz"
+                wait_for(lambda: urllib.request.urlopen(health, timeout=2).status == 200, timeout=30,
+                         message="the operator's liveness endpoint")
+                lad = yaml.safe_load((ROOT / "examples" / "deployment.yaml").read_text())
+                lad["spec"]["replicas"] = 1
+                lad["spec"]["model"]["uri"] = "hf://localattn/tiny-llama"  # no PVC to provision on the dev cluster
+                kubectl(kubeconfig, "apply", "-n", watched, "-f", "-", input=yaml.safe_dump(lad))
+                name = lad["metadata"]["name"]
+
+                def status() -> dict[str, Any]:
+                    out = kubectl(kubeconfig, "get", "lad", name, "-n", watched, "-o", "yaml").stdout
+                    result: dict[str, Any] = yaml.safe_load(out).get("status") or {}
+                    return result
+
+                try:
+                    wait_for(lambda: status().get("phase") == "Ready", timeout=60, message=f"{name} Ready")
+                except TimeoutError:
+                    pytest.fail(f"not Ready: {status()}\noperator log:\n{log.read_text()[-3000:]}")
+                metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+                body = urllib.request.urlopen(metrics, timeout=5).read().decode()
+                assert "localattn_operator_reconciles_total" in body
+            finally:
+                operator.send_signal(signal.SIGTERM)
+                try:
+                    operator.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    operator.kill()
+                    operator.wait()
+            text = log.read_text()
+            assert "Forbidden" not in text and " 403" not in text, text[-4000:]
+        finally:
+            kubectl(kubeconfig, "delete", "clusterrole,clusterrolebinding", "-l",
+                    f"app.kubernetes.io/instance={release}", "--wait=false", check=False)

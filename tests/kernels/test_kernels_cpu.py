@@ -1,0 +1,135 @@
+"""The CPU paged path against the reference, on vLLM's CPU cache layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from localattn_kernels import cpu, layout
+from localattn_kernels.testing import PagedCase, make_case
+
+from .cases import DECODE, MIXED, SINKS, TOL, WINDOW
+
+
+def _run(case: PagedCase, *, window: int, sinks: int, scale: float, **kw: object) -> torch.Tensor:
+    return cpu.paged_local_attention(
+        case.query, case.key_cache, case.value_cache, block_table=case.block_table, seq_lens=case.seq_lens,
+        query_start_loc=case.query_start_loc, window=window, sinks=sinks, scale=scale, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("block_size", [16, 32, 128])
+@pytest.mark.parametrize("group", [1, 4, 8])
+@pytest.mark.parametrize("head_size", [64, 128])
+def test_mixed_batch_matches_reference(
+    head_size: int, group: int, block_size: int, dtype: torch.dtype
+) -> None:
+    case = make_case(
+        MIXED, num_heads=2 * group, num_kv_heads=2, head_size=head_size, block_size=block_size, dtype=dtype
+    )
+    for sinks in (SINKS, 0):
+        want = case.reference(window=WINDOW, sinks=sinks, scale=head_size**-0.5)
+        got = _run(case, window=WINDOW, sinks=sinks, scale=head_size**-0.5)
+        torch.testing.assert_close(got, want, **TOL[dtype])
+
+
+def test_long_prefill_spans_several_query_tiles() -> None:
+    requests = [(cpu.PREFILL_TILE * 2 + 7, cpu.PREFILL_TILE * 2 + 50), (1, 9)]
+    case = make_case(requests, num_heads=4, num_kv_heads=1, head_size=64, block_size=32, dtype=torch.float32)
+    torch.testing.assert_close(
+        _run(case, window=100, sinks=4, scale=0.1),
+        case.reference(window=100, sinks=4, scale=0.1),
+        atol=1e-4,
+        rtol=1e-4,
+    )
+
+
+def test_window_covering_everything_is_full_causal_attention() -> None:
+    requests = [(50, 50), (1, 77)]
+    case = make_case(requests, num_heads=8, num_kv_heads=2, head_size=64, block_size=32, dtype=torch.float32)
+    got = _run(case, window=77, sinks=2, scale=0.125)
+    q, k, v = case.query[:50], case.keys[:50], case.values[:50]
+    want = F.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), is_causal=True, enable_gqa=True, scale=0.125
+    ).transpose(0, 1)
+    torch.testing.assert_close(got[:50], want, atol=1e-5, rtol=1e-5)
+    full = case.reference(window=10**6, sinks=0, scale=0.125)
+    torch.testing.assert_close(got, full, atol=1e-5, rtol=1e-5)
+
+
+def test_reads_only_sink_and_window_blocks() -> None:
+    """Poison every block a request does not need: the output must not change (nothing else was read)."""
+    requests = [(1, 300), (1, 130), (16, 200)]
+    case = make_case(requests, num_heads=4, num_kv_heads=2, head_size=64, block_size=32, dtype=torch.float32)
+    want = _run(case, window=WINDOW, sinks=SINKS, scale=0.1)
+    keep: set[int] = set()
+    for r, (q_len, seq_len) in enumerate(requests):
+        for b in layout.needed_blocks(seq_len, window=WINDOW, sinks=SINKS, block_size=32, q_len=q_len):
+            keep.add(int(case.block_table[r, b]))
+    poison = torch.tensor([b for b in range(case.key_cache.shape[0]) if b not in keep])
+    case.key_cache[poison] = float("nan")
+    case.value_cache[poison] = float("nan")
+    torch.testing.assert_close(_run(case, window=WINDOW, sinks=SINKS, scale=0.1), want)
+
+
+def test_amx_packed_layout_written_by_vllm() -> None:
+    pytest.importorskip("vllm")
+    case = make_case(
+        [*DECODE, (9, 60)],
+        num_heads=8,
+        num_kv_heads=2,
+        head_size=64,
+        block_size=32,
+        dtype=torch.bfloat16,
+        isa="amx",
+    )
+    got = _run(case, window=WINDOW, sinks=SINKS, scale=0.125, isa="amx")
+    torch.testing.assert_close(
+        got, case.reference(window=WINDOW, sinks=SINKS, scale=0.125), **TOL[torch.bfloat16]
+    )
+
+
+def test_writes_into_out_and_leaves_padding_rows() -> None:
+    case = make_case(
+        [(1, 50), (4, 20)], num_heads=4, num_kv_heads=4, head_size=64, block_size=32, dtype=torch.float32
+    )
+    out = torch.full((case.query.shape[0] + 3, 4 * 64), 7.0)  # vLLM pads the token dim; [T, H*D] view
+    query = torch.cat([case.query, torch.zeros(3, 4, 64)])
+    got = cpu.paged_local_attention(
+        query, case.key_cache, case.value_cache, block_table=case.block_table, seq_lens=case.seq_lens,
+        query_start_loc=case.query_start_loc, window=8, sinks=1, scale=0.1, out=out,
+    )  # fmt: skip
+    assert got.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(got[:5], case.reference(window=8, sinks=1, scale=0.1), atol=1e-5, rtol=1e-5)
+    assert bool((out[5:] == 7.0).all())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"window": 0}, "window must be"),
+        ({"sinks": -2}, "sinks must be"),
+        ({"query": torch.randn(2, 3, 64)}, "num_heads"),
+        ({"query": torch.randn(2, 4, 32)}, "head_size mismatch"),
+        ({"query": torch.randn(2, 4, 64).bfloat16()}, "dtype mismatch"),
+        ({"query": torch.randn(2, 4, 64).int()}, "not supported"),
+        ({"seq_lens": torch.tensor([5], dtype=torch.int32)}, "batch mismatch"),
+        ({"seq_lens": torch.tensor([5, 1000], dtype=torch.int32)}, "more blocks"),
+        ({"query_start_loc": torch.tensor([0, 1, 9], dtype=torch.int32)}, "query length"),
+        ({"isa": "neon"}, "isa must be"),
+        ({"out": torch.empty(2, 4, 64).half()}, "out must match"),
+    ],
+)
+def test_bad_arguments_raise(change: dict, message: str) -> None:
+    case = make_case(
+        [(1, 5), (1, 6)], num_heads=4, num_kv_heads=2, head_size=64, block_size=32, dtype=torch.float32
+    )
+    args = {
+        "query": case.query, "block_table": case.block_table, "seq_lens": case.seq_lens,
+        "query_start_loc": case.query_start_loc, "window": 4, "sinks": 1, "scale": 1.0,
+    }  # fmt: skip
+    args.update(change)
+    query = args.pop("query")
+    with pytest.raises(ValueError, match=message):
+        cpu.paged_local_attention(query, case.key_cache, case.value_cache, **args)

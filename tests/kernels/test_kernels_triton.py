@@ -1,0 +1,162 @@
+"""Triton kernels against the reference: on the GPU when there is one, else under TRITON_INTERPRET=1 on CPU.
+
+The interpreter is slow, so shapes are small and the matrix is a covering set rather than the full product.
+Skips only when Triton itself is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from types import ModuleType
+
+import pytest
+import torch
+from localattn_kernels import layout
+from localattn_kernels.testing import PagedCase, make_case
+
+from .cases import DECODE, MIXED, SINKS, TOL, WINDOW
+
+pytest.importorskip("triton")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _python_triton_modules() -> list[str]:
+    """Triton's Python modules and ours; its C extension (``triton._C``) is shared, it cannot be loaded twice."""
+    return [
+        m for m in sys.modules
+        if (m == "triton" or m.startswith(("triton.", "localattn_kernels.triton"))) and not m.startswith("triton._C")
+    ]  # fmt: skip
+
+
+def _load_kernels() -> ModuleType:
+    """Import ``localattn_kernels.triton`` in interpreter mode (CPU only) without leaking it to other tests.
+
+    Triton binds interpret mode when its own ``tl`` helpers and our kernels are decorated, i.e. at import.
+    If something (vLLM) already imported Triton normally, import a private interpreted copy, then put the
+    original modules back so the rest of the session is unaffected.
+    """
+    if DEVICE == "cuda":
+        return importlib.import_module("localattn_kernels.triton")
+    saved = {m: sys.modules.pop(m) for m in _python_triton_modules()}
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        return importlib.import_module("localattn_kernels.triton")
+    finally:
+        if old is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+        for m in _python_triton_modules():
+            del sys.modules[m]
+        sys.modules.update(saved)
+
+
+lt = _load_kernels()
+
+
+@pytest.fixture(autouse=True)
+def _interpret_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def _case(requests: list[tuple[int, int]], **kw: object) -> PagedCase:
+    return make_case(requests, gpu_layout=True, device=DEVICE, **kw)  # type: ignore[arg-type]
+
+
+def _run(case: PagedCase, *, window: int, sinks: int, scale: float, **kw: object) -> torch.Tensor:
+    return lt.paged_local_attention(
+        case.query, case.key_cache, case.value_cache, block_table=case.block_table, seq_lens=case.seq_lens,
+        query_start_loc=case.query_start_loc, window=window, sinks=sinks, scale=scale, **kw,
+    )  # fmt: skip
+
+
+# (head_size, group, block_size, dtype): every value of each axis appears, in varied combinations.
+COVER = [
+    (64, 1, 16, torch.float16),
+    (64, 4, 32, torch.bfloat16),
+    (64, 8, 128, torch.float16),
+    (128, 1, 128, torch.bfloat16),
+    (128, 4, 16, torch.float16),
+    (128, 8, 32, torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize(("head_size", "group", "block_size", "dtype"), COVER)
+def test_mixed_batch_prefill_kernel(head_size: int, group: int, block_size: int, dtype: torch.dtype) -> None:
+    case = _case(
+        MIXED, num_heads=group, num_kv_heads=1, head_size=head_size, block_size=block_size, dtype=dtype
+    )
+    for sinks in (SINKS, 0):
+        want = case.reference(window=WINDOW, sinks=sinks, scale=head_size**-0.5)
+        torch.testing.assert_close(
+            _run(case, window=WINDOW, sinks=sinks, scale=head_size**-0.5), want, **TOL[dtype]
+        )
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+@pytest.mark.parametrize(("head_size", "group", "block_size", "dtype"), [COVER[1], COVER[4]])
+def test_decode_kernel_split_kv(
+    head_size: int, group: int, block_size: int, dtype: torch.dtype, num_splits: int
+) -> None:
+    case = _case(
+        DECODE, num_heads=2 * group, num_kv_heads=2, head_size=head_size, block_size=block_size, dtype=dtype
+    )
+    for window, sinks in (
+        (WINDOW, SINKS),
+        (WINDOW, 0),
+        (400, 2),
+    ):  # the last: W >= every length = full causal
+        want = case.reference(window=window, sinks=sinks, scale=0.1)
+        got = _run(case, window=window, sinks=sinks, scale=0.1, num_splits=num_splits)
+        torch.testing.assert_close(got, want, **TOL[dtype])
+
+
+def test_fp32_and_odd_head_size() -> None:
+    case = _case(
+        [(1, 70), (6, 33)], num_heads=4, num_kv_heads=2, head_size=80, block_size=32, dtype=torch.float32
+    )
+    want = case.reference(window=WINDOW, sinks=SINKS, scale=0.1)
+    torch.testing.assert_close(_run(case, window=WINDOW, sinks=SINKS, scale=0.1), want, atol=2e-3, rtol=2e-3)
+
+
+def test_tiles_outside_sinks_and_window_are_never_loaded() -> None:
+    requests = [(1, 300), (16, 200)]
+    case = _case(requests, num_heads=4, num_kv_heads=2, head_size=64, block_size=16, dtype=torch.float16)
+    keep: set[int] = set()
+    for r, (q_len, seq_len) in enumerate(requests):
+        for b in layout.needed_blocks(seq_len, window=WINDOW, sinks=SINKS, block_size=16, q_len=q_len):
+            keep.add(int(case.block_table[r, b]))
+    poison = torch.tensor([b for b in range(case.key_cache.shape[0]) if b not in keep], device=DEVICE)
+    case.key_cache[poison] = float("nan")
+    case.value_cache[poison] = float("nan")
+    want = case.reference(window=WINDOW, sinks=SINKS, scale=0.1)
+    assert not want.isnan().any()  # the reference only reads the dense copies
+    torch.testing.assert_close(_run(case, window=WINDOW, sinks=SINKS, scale=0.1), want, **TOL[torch.float16])
+    decode_only = _case(
+        [(1, 300)], num_heads=4, num_kv_heads=2, head_size=64, block_size=16, dtype=torch.float16
+    )
+    blocks = decode_only.block_table[0, : 300 // 16 + 1].tolist()
+    kept = {blocks[b] for b in layout.needed_blocks(300, window=WINDOW, sinks=SINKS, block_size=16)}
+    for b in set(range(decode_only.key_cache.shape[0])) - kept:
+        decode_only.key_cache[b] = float("nan")
+        decode_only.value_cache[b] = float("nan")
+    got = _run(decode_only, window=WINDOW, sinks=SINKS, scale=0.1, num_splits=2)
+    want = decode_only.reference(window=WINDOW, sinks=SINKS, scale=0.1)
+    torch.testing.assert_close(got, want, **TOL[torch.float16])
+
+
+def test_bad_arguments_raise() -> None:
+    case = _case([(1, 5)], num_heads=4, num_kv_heads=2, head_size=64, block_size=16, dtype=torch.float16)
+    with pytest.raises(ValueError, match="window must be"):
+        _run(case, window=0, sinks=0, scale=1.0)
+    with pytest.raises(ValueError, match="sinks must be"):
+        _run(case, window=3, sinks=-1, scale=1.0)
+    with pytest.raises(ValueError, match="dtype mismatch"):
+        lt.paged_local_attention(
+            case.query.float(), case.key_cache, case.value_cache, block_table=case.block_table, seq_lens=case.seq_lens,
+            query_start_loc=case.query_start_loc, window=3, sinks=0, scale=1.0,
+        )  # fmt: skip

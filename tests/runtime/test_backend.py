@@ -1,0 +1,171 @@
+"""The attention backend on real vLLM (CPU), checked against stock vLLM and a torch/transformers reference.
+
+All engines of this module run once, in one subprocess (this file's `__main__`: vLLM spawns processes and
+registers plugins per process), in-process and sequentially, each with its own plugin configuration; the tests
+then assert on the recorded tokens and logprobs. fp32 so that "identical" means identical: in bf16 the random
+tiny model's top-2 logits are often closer than bf16 rounding (docs/runtime.md states the bf16 tolerance).
+"""
+
+from __future__ import annotations
+
+import random
+import runpy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# The shared engine runner (a script as well as a module; loaded by path under --import-mode=importlib).
+run_engines = runpy.run_path(str(Path(__file__).with_name("_engines.py")))["run_engines"]
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+W, S = 48, 4  # small window so that the 300-token prompts exercise it
+MIN_CTX = 150
+PROMPT_LENS = (300, 37, 120)
+GEN = 8  # tokens generated per request (the runner's default)
+
+
+def _prompts(lens: tuple[int, ...], seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[0] + [rng.randrange(3, 2048) for _ in range(n - 1)] for n in lens]
+
+
+# ------------------------------------------------------------------------------------------ torch reference
+def reference_logprobs(model_dir: Path, ids: list[int], layer_masks: list[Any]) -> list[float | None]:
+    """Teacher-forced log p(ids[i] | ids[:i]) from transformers' Llama with a boolean mask per layer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    for layer, mask in zip(model.model.layers, layer_masks, strict=True):
+        additive = torch.zeros(mask.shape, dtype=torch.float32).masked_fill(~mask, float("-inf"))[None, None]
+        attn = layer.self_attn
+        orig = attn.forward
+
+        def forward(*a: Any, _orig: Any = orig, _mask: Any = additive, **kw: Any) -> Any:
+            kw["attention_mask"] = _mask
+            return _orig(*a, **kw)
+
+        attn.forward = forward
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].float()
+    lp = torch.log_softmax(logits, dim=-1)
+    return [None] + [float(lp[i - 1, ids[i]]) for i in range(1, len(ids))]
+
+
+def masks(n: int, *, local_layers: set[int], window: int, sinks: int, first_local: int = 0,
+          num_layers: int = 4) -> list[Any]:
+    """Per-layer [n, n] masks: full causal, or sink + window for rows >= first_local on local layers."""
+    import torch
+    from localattn_kernels.reference import local_mask
+
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    local = local_mask(torch.arange(n), n, window=window, sinks=sinks)
+    rows = (torch.arange(n) >= first_local)[:, None]
+    mixed = torch.where(rows, local, causal)
+    return [mixed if i in local_layers else causal for i in range(num_layers)]
+
+
+def _max_diff(a: list[float | None], b: list[float | None], start: int = 1) -> float:
+    return max(abs(x - y) for x, y in zip(a[start:], b[start:], strict=True) if x is not None and y is not None)
+
+
+# ------------------------------------------------------------------------------------------------ the tests
+LOCAL = {"windowSize": W, "sinkTokens": S, "globalLayers": {"indices": [1]}}
+ENGINES = [
+    {"name": "stock", "config": None, "prompts": _prompts(PROMPT_LENS), "prompt_logprobs": True},
+    {"name": "wide", "config": {"windowSize": 4096, "sinkTokens": 4, "globalLayers": {"indices": [0]}},
+     "prompts": _prompts(PROMPT_LENS), "prompt_logprobs": True},
+    {"name": "local", "config": LOCAL, "prompts": _prompts(PROMPT_LENS), "prompt_logprobs": True},
+    {"name": "nosink", "config": {**LOCAL, "sinkTokens": 0}, "prompts": _prompts(PROMPT_LENS),
+     "prompt_logprobs": True},
+    {"name": "minctx", "config": {**LOCAL, "minContextLength": MIN_CTX},
+     "prompts": _prompts((MIN_CTX - 1, 300, 140), seed=1), "prompt_logprobs": True, "max_tokens": 16},
+]
+TOL = 2e-3  # fp32 logprobs, vLLM's kernels vs transformers' eager attention
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_random_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("backend") / "results.json"
+    return run_engines({"model": str(tiny_random_model), "engines": ENGINES}, out)
+
+
+def test_hybrid_kv_groups_on_cpu(runs: dict[str, Any]) -> None:
+    """Global layers keep full-attention KV, local layers get the sink+window spec, in separate groups."""
+    groups = runs["local"]["groups"]
+    by_layer = {name: g["spec"] for g in groups for name in g["layers"]}
+    assert by_layer["model.layers.1.self_attn.attn"] == "FullAttentionSpec"
+    for i in (0, 2, 3):
+        assert by_layer[f"model.layers.{i}.self_attn.attn"] == "SinkWindowSpec"
+    assert {g["spec"] for g in runs["stock"]["groups"]} == {"FullAttentionSpec"}
+
+
+def test_window_covering_sequence_is_identical_to_stock(runs: dict[str, Any]) -> None:
+    for a, b in zip(runs["stock"]["outputs"], runs["wide"]["outputs"], strict=True):
+        assert a["tokens"] == b["tokens"]
+        assert max(abs(x - y) for x, y in zip(a["logprobs"], b["logprobs"], strict=True)) < 1e-4
+        assert _max_diff(a["prompt_logprobs"], b["prompt_logprobs"]) < 1e-4
+
+
+def test_stock_matches_reference(runs: dict[str, Any], tiny_random_model: Path) -> None:
+    """Sanity of the oracle itself: full masks reproduce stock vLLM."""
+    ids = _prompts(PROMPT_LENS)[0]
+    ref = reference_logprobs(tiny_random_model, ids, masks(len(ids), local_layers=set(), window=W, sinks=S))
+    assert _max_diff(runs["stock"]["outputs"][0]["prompt_logprobs"], ref) < TOL
+
+
+def test_local_layers_match_reference_prefill_and_decode(runs: dict[str, Any], tiny_random_model: Path) -> None:
+    for ids, out in zip(_prompts(PROMPT_LENS), runs["local"]["outputs"], strict=True):
+        full = ids + out["tokens"]
+        ref = reference_logprobs(tiny_random_model, full, masks(len(full), local_layers={0, 2, 3}, window=W, sinks=S))
+        assert _max_diff(out["prompt_logprobs"], ref[: len(ids)]) < TOL
+        # Decode steps: the generated tokens' logprobs, teacher-forced through the reference.
+        assert max(abs(x - y) for x, y in zip(out["logprobs"], ref[len(ids):], strict=True)) < TOL
+
+
+def test_local_differs_from_full_beyond_the_window(runs: dict[str, Any]) -> None:
+    stock, local = runs["stock"]["outputs"][0], runs["local"]["outputs"][0]
+    assert _max_diff(stock["prompt_logprobs"][: W + S], local["prompt_logprobs"][: W + S]) < 1e-4
+    assert _max_diff(stock["prompt_logprobs"], local["prompt_logprobs"], start=W + S + 1) > 1e-2
+
+
+def test_sinks_change_the_output(runs: dict[str, Any], tiny_random_model: Path) -> None:
+    ids = _prompts(PROMPT_LENS)[0]
+    nosink = runs["nosink"]["outputs"][0]["prompt_logprobs"]
+    sink = runs["local"]["outputs"][0]["prompt_logprobs"]
+    assert _max_diff(nosink, sink, start=W + 1) > 1e-2
+    ref = reference_logprobs(tiny_random_model, ids, masks(len(ids), local_layers={0, 2, 3}, window=W, sinks=0))
+    assert _max_diff(nosink, ref) < TOL
+
+
+def test_global_layers_are_global(runs: dict[str, Any], tiny_random_model: Path) -> None:
+    """Layer 1 is configured global: treating it as local in the reference must not match vLLM."""
+    ids = _prompts(PROMPT_LENS)[0]
+    got = runs["local"]["outputs"][0]["prompt_logprobs"]
+    all_local = reference_logprobs(tiny_random_model, ids, masks(len(ids), local_layers={0, 1, 2, 3}, window=W, sinks=S))
+    assert _max_diff(got, all_local) > 1e-2
+
+
+def test_min_context_length_switches_at_threshold(runs: dict[str, Any], tiny_random_model: Path) -> None:
+    short, long_, _ = runs["minctx"]["outputs"]
+    ids_short, ids_long, _ = _prompts((MIN_CTX - 1, 300, 140), seed=1)
+    # Shorter than minContextLength: every layer full, prompt and the decode steps before the threshold.
+    full = ids_short + short["tokens"]
+    ref_full = reference_logprobs(tiny_random_model, full, masks(len(full), local_layers=set(), window=W, sinks=S))
+    assert _max_diff(short["prompt_logprobs"], ref_full[: len(ids_short)]) < TOL
+    assert abs(short["logprobs"][0] - ref_full[len(ids_short)]) < TOL  # query at position MIN_CTX - 2: full
+    # From position MIN_CTX - 1 on, local: the decode crosses the threshold, the long prefill is split inside.
+    ref_switch = reference_logprobs(tiny_random_model, full, masks(
+        len(full), local_layers={0, 2, 3}, window=W, sinks=S, first_local=MIN_CTX - 1))
+    assert max(abs(x - y) for x, y in zip(short["logprobs"], ref_switch[len(ids_short):], strict=True)) < TOL
+    ref_long = reference_logprobs(tiny_random_model, ids_long, masks(
+        len(ids_long), local_layers={0, 2, 3}, window=W, sinks=S, first_local=MIN_CTX - 1))
+    assert _max_diff(long_["prompt_logprobs"], ref_long) < TOL
+    off_by_one = reference_logprobs(tiny_random_model, ids_long, masks(
+        len(ids_long), local_layers={0, 2, 3}, window=W, sinks=S, first_local=MIN_CTX))
+    assert abs(long_["prompt_logprobs"][MIN_CTX] - off_by_one[MIN_CTX]) > 1e-3
+
+

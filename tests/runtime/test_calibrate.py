@@ -1,0 +1,67 @@
+"""Calibration: the pure decision, and `localattn calibrate` on the tiny trained model -> a plan the plugin accepts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from localattn_cli import calibrate as calibrate_cmd
+from localattn_runtime import config
+from localattn_runtime.calibrate import LayerMass, choose_global_layers, make_plan, outside_fraction
+
+
+def test_outside_fraction_counts_only_mass_outside_sinks_and_window() -> None:
+    n, window, sinks = 8, 3, 1
+    attn = torch.zeros(1, 2, n, n)
+    for i in range(n):
+        attn[0, 0, i, 0] = 1.0  # head 0: everything on the sink -> nothing outside
+        attn[0, 1, i, max(0, i - 3)] = 1.0  # head 1: 3 back, just outside a window of 3 once i >= 4
+    frac = outside_fraction(attn, window, sinks)
+    # queries 4..7 have something outside (i >= sinks + window); head 1 puts all its mass at i-3 (outside)
+    assert frac.tolist() == [0.0, 1.0]
+
+
+def test_outside_fraction_rejects_short_samples() -> None:
+    with pytest.raises(ValueError, match="too short"):
+        outside_fraction(torch.ones(1, 1, 4, 4) / 4, window=4, sinks=1)
+
+
+def test_choose_global_layers_takes_the_top_k_sorted() -> None:
+    masses = [LayerMass(0, 0.30), LayerMass(1, 0.05), LayerMass(2, 0.30), LayerMass(3, 0.50)]
+    assert choose_global_layers(masses, 2) == [0, 3]  # tie at 0.30: lower index wins
+    assert choose_global_layers(masses, 0) == []
+    with pytest.raises(ValueError, match="exceeds"):
+        choose_global_layers(masses, 5)
+
+
+def test_plan_shape() -> None:
+    plan = make_plan("m", 64, 4, 1, [LayerMass(0, 0.1), LayerMass(1, 0.2)])
+    assert plan == {"model": "m", "windowSize": 64, "sinkTokens": 4, "budget": 1, "globalLayers": [1],
+                    "layers": [{"index": 0, "outsideMass": 0.1}, {"index": 1, "outsideMass": 0.2}]}
+
+
+@pytest.mark.slow
+def test_cli_calibrates_the_tiny_model_into_a_plan_the_plugin_accepts(
+        tiny_trained_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "plan.json"
+    parser = argparse.ArgumentParser()
+    calibrate_cmd.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["calibrate", "--model", str(tiny_trained_model), "--window", "64",
+                                      "--sinks", "4", "--budget", "2", "--samples", "2", "--out", str(out)])
+    assert args.func(args) == 0
+    table = capsys.readouterr().out
+    plan = json.loads(out.read_text())
+    assert len(plan["layers"]) == 4 and len(plan["globalLayers"]) == 2
+    masses = [row["outsideMass"] for row in plan["layers"]]
+    assert all(0.0 <= m <= 1.0 for m in masses) and max(masses) > 0.01  # a trained model does look back
+    assert sorted(plan["globalLayers"]) == sorted(range(4), key=lambda i: -masses[i])[:2] and plan[
+        "globalLayers"] == sorted(plan["globalLayers"])
+    for i in range(4):
+        assert f"{i:>5}  {masses[i]:>12.4f}  {'global' if i in plan['globalLayers'] else 'local'}" in table
+    # what the operator mounts: the plugin's parser reads the plan and its layers win over the configured ones
+    cfg = config.parse({"windowSize": 64, "sinkTokens": 4, "globalLayers": {"indices": [1]},
+                        "planFile": str(out)})
+    assert cfg.global_layer_set(4) == frozenset(plan["globalLayers"])

@@ -1,0 +1,78 @@
+"""The tiny models: a real tokenizer, vLLM-loadable files, content-keyed caching, and (trained) real quality."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pytest
+from localattn_cli import model as model_cmd
+from localattn_runtime import tinymodel
+
+
+def test_tokenizer_round_trips_code_and_starts_with_bos(tiny_random_model: Path) -> None:
+    tok = tinymodel.load_tokenizer(tiny_random_model)
+    text = tinymodel.stdlib_files()[0].read_text()[:2000] + "\n\tünïcode → ok\n"
+    ids = tok(text)["input_ids"]
+    assert ids[0] == tok.bos_token_id == 0 and tok.eos_token_id == 1
+    assert tok.decode(ids, skip_special_tokens=True) == text  # byte-level: lossless
+    assert len(tok) == 2048
+    assert len(ids) < len(text) / 2.5  # BPE learned code: several characters per token
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                   add_generation_prompt=True)
+    assert chat.endswith("# assistant:\n")
+
+
+def test_model_files_are_a_bf16_llama(tiny_random_model: Path) -> None:
+    from safetensors import safe_open
+
+    cfg = json.loads((tiny_random_model / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"]
+    assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"],
+            cfg["num_key_value_heads"], cfg["vocab_size"]) == (4, 256, 8, 2, 2048)
+    with safe_open(str(tiny_random_model / "model.safetensors"), "pt") as f:
+        t = f.get_tensor("model.layers.0.self_attn.q_proj.weight")
+    assert str(t.dtype) == "torch.bfloat16" and tuple(t.shape) == (256, 256)
+
+
+def test_cache_is_keyed_and_copies_are_independent(tiny_random_model: Path, tmp_path: Path) -> None:
+    assert tinymodel.random_model_dir() == tiny_random_model  # warm: a lookup, same key
+    other = tinymodel.cache_key({"layers": 2}, tinymodel.__name__)
+    assert other != tinymodel.cache_key({"layers": 4}, tinymodel.__name__)
+    out = tinymodel.build_random_model(tmp_path / "m")
+    (out / "config.json").write_text("{}")  # editing a copy must not touch the cache
+    assert json.loads((tiny_random_model / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_cli_writes_the_random_model(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    model_cmd.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["model", "tiny", "--random", "--out", str(tmp_path / "tiny")])
+    assert args.func(args) == 0
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {
+        p.name for p in (tmp_path / "tiny").iterdir()}
+
+
+@pytest.mark.slow
+def test_trained_model_learned_code_and_uses_long_context(tiny_trained_model: Path) -> None:
+    """Held-out perplexity far below the unigram floor, and lower late in a sequence than early on."""
+    from collections import Counter
+
+    import torch
+    from localattn_runtime import golden
+    from transformers import AutoModelForCausalLM
+
+    tok = tinymodel.load_tokenizer(tiny_trained_model)
+    seqs = torch.tensor([[0, *c] for c in golden.held_out_chunks(tok, 4, 1023, skip=40)])
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_trained_model), dtype=torch.float32).eval()
+    with torch.no_grad():
+        logp = model(input_ids=seqs).logits[:, :-1].log_softmax(-1)
+    nll = -logp.gather(-1, seqs[:, 1:, None])[..., 0]  # [4, 1023]
+    counts = Counter(seqs[:, 1:].flatten().tolist())
+    unigram = math.exp(-sum(c * math.log(c / nll.numel()) for c in counts.values()) / nll.numel())
+    ppl = math.exp(float(nll.mean()))
+    assert ppl < unigram / 4, (ppl, unigram)
+    early, late = math.exp(float(nll[:, :64].mean())), math.exp(float(nll[:, 512:].mean()))
+    assert late < early * 0.85, (early, late)

@@ -26,8 +26,10 @@ lint: venv
 	$(PY) -m mypy operator/localattn_operator cli/localattn_cli devcluster/localattn_dev kernels/localattn_kernels runtime/localattn_runtime
 	.venv/bin/lint-imports
 
+# The CRD is generated from the pydantic models; the chart ships a byte-identical copy.
 crd: venv
 	.venv/bin/localattn crd generate --out crds/localattndeployment.yaml
+	cp crds/localattndeployment.yaml helm/localattn/crds/localattndeployment.yaml
 
 demo: setup
 	@./scripts/demo.sh

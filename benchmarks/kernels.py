@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from localattn_kernels import cpu, layout
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -40,10 +39,17 @@ def _timer(fn: Callable[[], object], budget_s: float, min_reps: int = 3, max_rep
 
 def build(context: int, args: argparse.Namespace) -> dict[str, Callable[[], object]]:
     """The four decode calls over one cache holding ``batch`` sequences of ``context`` tokens."""
-    from vllm import _custom_ops as ops  # noqa: PLC0415 - heavy
+    from vllm import _custom_ops as ops
 
     gen = torch.Generator().manual_seed(context)
-    dtype, bs, hkv, hq, d, batch = torch.bfloat16, args.block_size, args.kv_heads, args.heads, args.head_size, args.batch
+    dtype, bs, hkv, hq, d, batch = (
+        torch.bfloat16,
+        args.block_size,
+        args.kv_heads,
+        args.heads,
+        args.head_size,
+        args.batch,
+    )
     per_seq = math.ceil(context / bs)
     kv = torch.randn(layout.kv_cache_shape(per_seq * batch, hkv, bs, d), generator=gen).to(dtype)
     key_cache, value_cache = layout.split_kv_cache(kv)
@@ -56,9 +62,24 @@ def build(context: int, args: argparse.Namespace) -> dict[str, Callable[[], obje
     isa = "vec"
 
     def vllm(window: int) -> Callable[[], object]:
-        meta = ops.cpu_attn_get_scheduler_metadata(batch, hq, hkv, d, seq_lens, dtype, qsl, True, window, isa, False)
+        meta = ops.cpu_attn_get_scheduler_metadata(
+            batch, hq, hkv, d, seq_lens, dtype, qsl, True, window, isa, False
+        )
         return lambda: ops.cpu_attention_with_kv_cache(
-            query, key_cache, value_cache, out, qsl, seq_lens, scale, True, None, window, block_table, 0.0, meta, None
+            query,
+            key_cache,
+            value_cache,
+            out,
+            qsl,
+            seq_lens,
+            scale,
+            True,
+            None,
+            window,
+            block_table,
+            0.0,
+            meta,
+            None,
         )
 
     # Dense copy of the same keys/values, [batch, Hkv, context, D], for the SDPA baseline.
@@ -68,19 +89,26 @@ def build(context: int, args: argparse.Namespace) -> dict[str, Callable[[], obje
     dense_v = dense_v[:, :, :context].contiguous()
     q4 = query.view(batch, hq, 1, d)
 
-    return {
-        "local": lambda: cpu.paged_local_attention(
+    def local() -> object:
+        return cpu.paged_local_attention(
             query, key_cache, value_cache, block_table=block_table, seq_lens=seq_lens, query_start_loc=qsl,
             window=args.window, sinks=args.sinks, scale=scale, out=out,
-        ),  # fmt: skip
+        )  # fmt: skip
+
+    return {
+        "local": local,
         "vllm_full": vllm(-1),
         "vllm_swa": vllm(args.window),
-        "sdpa_dense": lambda: F.scaled_dot_product_attention(q4, dense_k, dense_v, scale=scale, enable_gqa=True),
+        "sdpa_dense": lambda: F.scaled_dot_product_attention(
+            q4, dense_k, dense_v, scale=scale, enable_gqa=True
+        ),
     }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--sinks", type=int, default=4)
@@ -113,7 +141,16 @@ def main() -> int:
         f"{platform.processor() or platform.machine()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; min of repeats"
     )
     print(header)
-    cols = ["context", "local ms", "vLLM full ms", "vLLM SWA ms", "SDPA dense ms", "full/local", "local/SWA", "SDPA/local"]
+    cols = [
+        "context",
+        "local ms",
+        "vLLM full ms",
+        "vLLM SWA ms",
+        "SDPA dense ms",
+        "full/local",
+        "local/SWA",
+        "SDPA/local",
+    ]
     print("  ".join(f"{c:>13}" for c in cols))
     for r in rows:
         vals = [
@@ -133,10 +170,10 @@ def main() -> int:
 
 
 def _plot(rows: list[dict[str, float]], title: str, path: Path) -> None:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
     labels = {

@@ -31,7 +31,7 @@ def lad(name: str) -> dict[str, object]:
         "metadata": {"name": name},
         "spec": {
             "replicas": 1,
-            "model": {"uri": f"pvc://models/{name}"},
+            "model": {"uri": f"/opt/models/{name}"},  # baked into the image: no volume to bind
             # CPU-only pods, so that 100 of them fit the fake nodes
             "runtime": {"maxModelLen": 8192, "resources": {"limits": {"nvidia.com/gpu": 0}, "requests": {"cpu": "10m"}}},
             "localAttention": {"windowSize": 512, "sinkTokens": 4},
@@ -49,6 +49,8 @@ def proc_stats(pid: int) -> tuple[float, float]:
 
 
 def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 

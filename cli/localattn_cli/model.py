@@ -13,6 +13,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--random", action="store_true",
                       help="random weights (seconds) instead of the trained model (minutes on first use)")
     tiny.set_defaults(func=_tiny)
+    gold = sub.add_parser("golden", help="build a probe golden set from held-out text and the model's own "
+                                          "greedy completions under full attention")
+    gold.add_argument("--model", required=True, help="model directory (HF format, with its tokenizer)")
+    gold.add_argument("--out", required=True, help="golden set JSON to write")
+    gold.add_argument("--texts", type=int, default=4, help="perplexity texts (default 4)")
+    gold.add_argument("--text-tokens", type=int, default=1024, help="tokens per perplexity text (default 1024)")
+    gold.add_argument("--prompts", type=int, default=8, help="exact-match prompts (default 8)")
+    gold.add_argument("--max-tokens", type=int, default=16,
+                      help="greedy tokens per prompt; use the probe's maxTokens (default 16)")
+    gold.set_defaults(func=_golden)
 
 
 def _tiny(args: argparse.Namespace) -> int:
@@ -26,4 +36,14 @@ def _tiny(args: argparse.Namespace) -> int:
         src = trained_model_dir()
     out = tinymodel.materialize(src, args.out)
     print(f"tiny model ({'random' if args.random else 'trained'}) in {out} (cache: {src})")
+    return 0
+
+
+def _golden(args: argparse.Namespace) -> int:
+    from localattn_runtime import golden
+
+    gold = golden.build_golden_set(args.model, texts=args.texts, text_tokens=args.text_tokens,
+                                   prompts=args.prompts, max_tokens=args.max_tokens)
+    golden.write(gold, args.out)
+    print(f"golden set: {len(gold.perplexity_texts)} texts, {len(gold.exact_match)} prompts -> {args.out}")
     return 0

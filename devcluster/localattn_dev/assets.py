@@ -102,14 +102,18 @@ def find_assets(allow_build: bool = True) -> Assets:
 
 
 def _own_bin_dir(allow_build: bool) -> Path:
-    if build_script().is_file() and allow_build:
-        return build()
     cached = _cached_bin_dirs()
+    if build_script().is_file() and allow_build:
+        try:
+            return build()
+        except AssetsError:
+            # e.g. not root and a build package went missing: an older complete build still serves.
+            if not cached:
+                raise
+            return cached[0]
     if cached:
         return cached[0]
-    if allow_build:
-        return build()
-    raise AssetsError("no cached control-plane build and building is not allowed")
+    raise AssetsError("no cached control-plane build, and no build allowed or possible")
 
 
 def _must(path: Path | None) -> Path:

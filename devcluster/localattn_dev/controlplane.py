@@ -13,17 +13,15 @@ import fcntl
 import json
 import os
 import shutil
-import socket
 import ssl
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from localattn_dev import health, procs
 from localattn_dev import kubeconfig as kc
-from localattn_dev import procs
 from localattn_dev.assets import find_assets
 from localattn_dev.components import (
     COMPONENTS,
@@ -40,6 +38,7 @@ from localattn_dev.components import (
 )
 from localattn_dev.paths import resolve_state_dir
 from localattn_dev.pki import ensure_pki
+from localattn_dev.ports import pick_ports
 
 
 class ClusterError(RuntimeError):
@@ -85,37 +84,6 @@ def _write_state(layout: Layout, state: dict[str, Any]) -> None:
     tmp.replace(layout.state_file)
 
 
-def _port_free(port: int) -> bool:
-    """Bindable as the Go servers bind (SO_REUSEADDR): connections in TIME_WAIT after a stop don't count."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _pick_ports(previous: dict[str, int], keep: set[str]) -> Ports:
-    """Reuse the recorded port of a running component (`keep`) or a still-free one; else a fresh free port."""
-    held: list[socket.socket] = []
-    chosen: dict[str, int] = {}
-    try:
-        for name in Ports.__dataclass_fields__:
-            old = previous.get(name)
-            if old and (name in keep or _port_free(old)) and old not in chosen.values():
-                chosen[name] = old
-                continue
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            held.append(s)  # hold it so the next pick differs
-            chosen[name] = s.getsockname()[1]
-    finally:
-        for s in held:
-            s.close()
-    return Ports(**chosen)
-
-
 PORT_OWNER = {
     "etcd_client": "etcd",
     "etcd_peer": "etcd",
@@ -123,25 +91,6 @@ PORT_OWNER = {
     "controller_manager": "kube-controller-manager",
     "scheduler": "kube-scheduler",
 }
-
-
-def _http_ok(
-    url: str, context: ssl.SSLContext | None = None, token: str | None = None, timeout: float = 2.0
-) -> bool:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
-            return bool(response.status == 200)
-    except (OSError, ValueError):
-        return False
-
-
-def _insecure_context() -> ssl.SSLContext:
-    # controller-manager and scheduler serve /healthz with self-signed in-memory certs; only liveness matters.
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def _wait(ok: Callable[[], bool], what: str, record: procs.ProcRecord | None, timeout: float) -> None:
@@ -204,7 +153,7 @@ def _use_external(layout: Layout, kubeconfig: Path, spec: NodeSpec | None, timeo
     if spec is not None and "node-agent" not in running:
         record = procs.start(layout.state_dir, "node-agent", node_agent_argv(kubeconfig, spec), _agent_env())
         running["node-agent"] = record
-        _wait(lambda: _nodes_ready(kubeconfig, spec.names()), "node agent", record, timeout)
+        _wait(lambda: health.nodes_ready(kubeconfig, spec.names()), "node agent", record, timeout)
         started = True
     _write_state(
         layout,
@@ -231,17 +180,20 @@ def _up_local(layout: Layout, spec: NodeSpec, timeout: float) -> ClusterInfo:
     state = _read_state(layout)
     running = _running(sd)
     if state.get("external"):
+        # A node agent left serving a $KUBECONFIG cluster from this state dir talks to the wrong apiserver.
+        if running.pop("node-agent", None) is not None:
+            procs.stop(sd, "node-agent")
         state = {}
     previous_ports = state.get("ports", {})
     if set(running) == set(COMPONENTS) and previous_ports:
         ports = Ports(**previous_ports)
-        if _apiserver_ready(layout, ports):
+        if health.apiserver_ready(layout, ports):
             return _info(layout, ports, running, started=False, names=state.get("nodes", spec.names()))
 
     assets = find_assets()
     pki = ensure_pki(layout.pki)
     keep = {p for p, owner in PORT_OWNER.items() if owner in running}
-    ports = _pick_ports(previous_ports, keep)
+    ports = pick_ports(previous_ports, keep)
     # A component whose endpoint moved invalidates the running processes that talk to it.
     for port_name, owner in PORT_OWNER.items():
         if previous_ports.get(port_name) not in (None, getattr(ports, port_name)):
@@ -270,15 +222,15 @@ def _up_local(layout: Layout, spec: NodeSpec, timeout: float) -> ClusterInfo:
     if "etcd" not in running:
         layout.etcd_data.mkdir(mode=0o700, exist_ok=True)
         record = running["etcd"] = procs.start(sd, "etcd", etcd_argv(assets, layout, ports))
-        _wait(lambda: _http_ok(f"http://127.0.0.1:{ports.etcd_client}/health"), "etcd", record, timeout)
+        _wait(lambda: health.http_ok(f"http://127.0.0.1:{ports.etcd_client}/health"), "etcd", record, timeout)
         started = True
     if "kube-apiserver" not in running:
         record = running["kube-apiserver"] = procs.start(
             sd, "kube-apiserver", apiserver_argv(assets, layout, ports)
         )
-        _wait(lambda: _apiserver_ready(layout, ports, ca_context), "kube-apiserver", record, timeout)
+        _wait(lambda: health.apiserver_ready(layout, ports, ca_context), "kube-apiserver", record, timeout)
         started = True
-    _ensure_default_namespace(layout.kubeconfig)
+    health.ensure_default_namespace(layout.kubeconfig)
     if "kube-controller-manager" not in running:
         argv = controller_manager_argv(assets, layout, ports)
         running["kube-controller-manager"] = procs.start(sd, "kube-controller-manager", argv)
@@ -290,14 +242,14 @@ def _up_local(layout: Layout, spec: NodeSpec, timeout: float) -> ClusterInfo:
         argv = node_agent_argv(layout.component_kubeconfig("node-agent"), spec)
         running["node-agent"] = procs.start(sd, "node-agent", argv, _agent_env())
         started = True
-    insecure = _insecure_context()
+    insecure = health.insecure_context()
     for name, port in (
         ("kube-controller-manager", ports.controller_manager),
         ("kube-scheduler", ports.scheduler),
     ):
         url = f"https://127.0.0.1:{port}/healthz"
-        _wait(lambda url=url: _http_ok(url, insecure), name, running[name], timeout)  # type: ignore[misc]
-    _wait(lambda: _nodes_ready(layout.kubeconfig, names), "node agent", running["node-agent"], timeout)
+        _wait(lambda url=url: health.http_ok(url, insecure), name, running[name], timeout)  # type: ignore[misc]
+    _wait(lambda: health.nodes_ready(layout.kubeconfig, names), "node agent", running["node-agent"], timeout)
     return _info(layout, ports, running, started=started, names=names)
 
 
@@ -322,66 +274,6 @@ def _agent_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-def _apiserver_ready(layout: Layout, ports: Ports, context: ssl.SSLContext | None = None) -> bool:
-    if context is None:
-        try:
-            context = ssl.create_default_context(cafile=str(layout.pki / "ca.crt"))
-        except OSError:
-            return False
-    return _http_ok(f"{server_url(ports)}/readyz", context)
-
-
-def _ensure_default_namespace(kubeconfig: Path) -> None:
-    """`default` namespace and ServiceAccount exist before anyone creates pods (no race with the controllers)."""
-    from kubernetes import client, config
-    from kubernetes.client.rest import ApiException
-
-    api_client = config.new_client_from_config(config_file=str(kubeconfig))
-    try:
-        core = client.CoreV1Api(api_client)
-        for create, body in (
-            (lambda b: core.create_namespace(b), {"metadata": {"name": "default"}}),
-            (
-                lambda b: core.create_namespaced_service_account("default", b),
-                {"metadata": {"name": "default"}},
-            ),
-        ):
-            try:
-                create(body)
-            except ApiException as e:
-                if e.status != 409:
-                    raise
-    finally:
-        api_client.close()
-
-
-def _nodes_ready(kubeconfig: Path, names: list[str]) -> bool:
-    from kubernetes import client, config
-
-    try:
-        api_client = config.new_client_from_config(config_file=str(kubeconfig))
-    except Exception:
-        return False
-    try:
-        raw: Any = client.CoreV1Api(api_client).list_node(_preload_content=False, _request_timeout=5)
-        items = json.loads(raw.data)["items"]
-    except Exception:
-        return False
-    finally:
-        api_client.close()
-    ready = {n["metadata"]["name"] for n in items if _schedulable(n)}
-    return set(names) <= ready
-
-
-def _schedulable(node: dict[str, Any]) -> bool:
-    """Ready, and the not-ready taint that admission puts on every new node already lifted by the node
-    lifecycle controller (a few seconds after the first heartbeat): pods created now schedule at once."""
-    conditions = node.get("status", {}).get("conditions", [])
-    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-    taints = {t["key"] for t in node.get("spec", {}).get("taints") or []}
-    return ready and not taints & {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
 
 
 def down(state_dir: Path | str | None = None, purge: bool = False) -> list[str]:
@@ -433,7 +325,7 @@ def status(state_dir: Path | str | None = None) -> dict[str, Any]:
     if state.get("external"):
         result["ready"] = kc.answers(kubeconfig)
     elif state.get("ports"):
-        result["ready"] = _apiserver_ready(layout, Ports(**state["ports"]))
+        result["ready"] = health.apiserver_ready(layout, Ports(**state["ports"]))
     if result["ready"]:
-        result["nodes"] = {name: _nodes_ready(kubeconfig, [name]) for name in state.get("nodes", [])}
+        result["nodes"] = {name: health.nodes_ready(kubeconfig, [name]) for name in state.get("nodes", [])}
     return result

@@ -5,8 +5,8 @@ blocks and the blocks overlapping its window, so we gather exactly those through
 gather for the whole batch of decode rows; prefill: one gather per query tile covering sinks and
 ``[tile_start - W + 1, tile_end]``) and run small fp32 matmuls / SDPA on the gathered set. Cost is
 ``O(W + S)`` per query, independent of the context length. Decode rows go to the fused C kernel of
-:mod:`localattn_kernels.cpu_native` when it is available (same math, each byte read once). The cache is read in place (layout: see
-:mod:`localattn_kernels.layout`), never copied whole.
+:mod:`localattn_kernels.cpu_native` when it is available (same math, each byte read once). The cache is read
+in place (layout: see :mod:`localattn_kernels.layout`), never copied whole.
 """
 
 from __future__ import annotations
@@ -185,17 +185,36 @@ def paged_local_attention(
     if decode_rows:
         all_decode = len(decode_rows) == len(lens)
         rows_t = None if all_decode else torch.tensor(decode_rows)
-        table = block_table[: len(lens)] if rows_t is None else block_table[rows_t]
+        table = block_table if rows_t is None else block_table[rows_t]
         sl = seq_lens if rows_t is None else seq_lens[rows_t]
-        q_rows = query_start_loc[:-1] if rows_t is None else query_start_loc[rows_t]
-        if cpu_native.supports(query, key_cache, isa):
+        # The C kernel reads the first len(sl) entries only, so the whole query_start_loc can be passed.
+        q_rows = query_start_loc if rows_t is None else query_start_loc[rows_t]
+        if cpu_native.supports(query, key_cache, value_cache, isa):
             cpu_native.decode(
-                query, key_cache, value_cache, out3, table, sl, q_rows, window=window, sinks=sinks, scale=scale
+                query,
+                key_cache,
+                value_cache,
+                out3,
+                table,
+                sl,
+                q_rows,
+                window=window,
+                sinks=sinks,
+                scale=scale,
             )
         else:
-            q_idx = q_rows.long()
+            q_idx = q_rows[: sl.shape[0]].long()
+            table = table[: sl.shape[0]]
             res = _decode(
-                query[q_idx], key_cache, value_cache, table, sl.long(), window=window, sinks=sinks, scale=scale, isa=isa
+                query[q_idx],
+                key_cache,
+                value_cache,
+                table,
+                sl.long(),
+                window=window,
+                sinks=sinks,
+                scale=scale,
+                isa=isa,
             )
             out3[q_idx] = res.to(out.dtype)
     for r, ql in enumerate(q_lens):

@@ -74,56 +74,101 @@ static inline __attribute__((always_inline)) v16f load16(const char *p, const in
     return f;
 }
 
-/* scores for tokens [t0, t1) of one block (K^T [D][bs]); 16-token chunks are aligned inside the block, so
-   lanes outside the range still read inside the block and are just not stored. G accumulators stay in
-   registers across the whole head dimension. */
-static inline __attribute__((always_inline)) void score_block(
-    const int G, const char *kb, int64_t bs, int64_t t0, int64_t t1, const float *restrict qf, int D,
-    float *restrict sc, int64_t n, int64_t o, const int is_bf16)
+/* scores of the NV*16 tokens [c, c + NV*16) of one block (K^T [D][bs]) that fall in [t0, t1): NV*G
+   independent FMA chains held in registers across the head dimension; each K^T row read is NV*64
+   contiguous bytes. Lanes outside [t0, t1) still read inside the block (chunks are 16-aligned, bs % 32 == 0)
+   and are just not stored. */
+static inline __attribute__((always_inline)) void score_chunk(
+    const int G, const int NV, const char *kb, int64_t bs, int64_t c, int64_t t0, int64_t t1,
+    const float *restrict qf, int D, float *restrict sc, int64_t n, int64_t o, const int is_bf16)
 {
     const int64_t esz = is_bf16 ? 2 : 4;
-    for (int64_t c = t0 - t0 % CH; c < t1; c += CH) {
-        v16f acc[16];
-        for (int g = 0; g < G; ++g) acc[g] = (v16f){0};
-        for (int d = 0; d < D; ++d) {
-            const v16f k = load16(kb + ((int64_t)d * bs + c) * esz, is_bf16);
-            for (int g = 0; g < G; ++g) acc[g] += qf[g * D + d] * k;
-        }
+    v16f a[16][4];
+    for (int g = 0; g < G; ++g) for (int v = 0; v < NV; ++v) a[g][v] = (v16f){0};
+    for (int d = 0; d < D; ++d) {
+        const char *row = kb + ((int64_t)d * bs + c) * esz;
+        v16f k[4];
+        for (int v = 0; v < NV; ++v) k[v] = load16(row + v * CH * esz, is_bf16);
         for (int g = 0; g < G; ++g) {
-            float lane[CH];
-            memcpy(lane, &acc[g], sizeof lane);
-            for (int i = 0; i < CH; ++i) {
-                const int64_t t = c + i;
-                if (t >= t0 && t < t1) sc[(int64_t)g * n + o + (t - t0)] = lane[i];
-            }
+            const float qd = qf[g * D + d];
+            for (int v = 0; v < NV; ++v) a[g][v] += qd * k[v];
+        }
+    }
+    if (c >= t0 && c + NV * CH <= t1) {  /* whole chunk in range: plain vector stores */
+        for (int g = 0; g < G; ++g)
+            for (int v = 0; v < NV; ++v) memcpy(sc + (int64_t)g * n + o + (c - t0) + v * CH, &a[g][v], 64);
+        return;
+    }
+    for (int g = 0; g < G; ++g) {
+        float lane[4 * CH];
+        for (int v = 0; v < NV; ++v) memcpy(lane + v * CH, &a[g][v], 64);
+        for (int i = 0; i < NV * CH; ++i) {
+            const int64_t t = c + i;
+            if (t >= t0 && t < t1) sc[(int64_t)g * n + o + (t - t0)] = lane[i];
         }
     }
 }
 
-/* out_acc[g][:] += sum over tokens [t0, t1) of one block of p[g][t] * V[t][:], 32 dims at a time. */
+/* scores for tokens [t0, t1) of one block: wide chunks where they fit, 16-token chunks at the ragged edges
+   (the few sink tokens, the window start), so little work is spent on lanes that are thrown away. */
+static inline __attribute__((always_inline)) void score_block(
+    const int G, const int NV, const char *kb, int64_t bs, int64_t t0, int64_t t1, const float *restrict qf, int D,
+    float *restrict sc, int64_t n, int64_t o, const int is_bf16)
+{
+    for (int64_t c = t0 - t0 % CH; c < t1;) {
+        if (NV > 1 && c % (NV * CH) == 0 && c + NV * CH <= t1) {
+            score_chunk(G, NV, kb, bs, c, t0, t1, qf, D, sc, n, o, is_bf16);
+            c += NV * CH;
+        } else {
+            score_chunk(G, 1, kb, bs, c, t0, t1, qf, D, sc, n, o, is_bf16);
+            c += CH;
+        }
+    }
+}
+
+/* out_acc[g][:] += sum over tokens [t0, t1) of one block of p[g][t] * V[t][:], NV*16 dims at a time
+   (NV*G accumulators in registers; fewer passes over the block's V rows when G is small). */
 static inline __attribute__((always_inline)) void value_block(
-    const int G, const char *vb, int64_t t0, int64_t t1, int D, const float *restrict sc, int64_t n, int64_t o,
-    float *restrict out_acc, const int is_bf16)
+    const int G, const int NV, const char *vb, int64_t t0, int64_t t1, int D, const float *restrict sc, int64_t n,
+    int64_t o, float *restrict out_acc, const int is_bf16)
 {
     const int64_t esz = is_bf16 ? 2 : 4;
-    for (int d0 = 0; d0 < D; d0 += 2 * CH) {
-        v16f a0[16], a1[16];
-        for (int g = 0; g < G; ++g) { memcpy(&a0[g], out_acc + g * D + d0, 64); memcpy(&a1[g], out_acc + g * D + d0 + CH, 64); }
+    for (int d0 = 0; d0 < D; d0 += NV * CH) {
+        v16f a[16][4];
+        for (int g = 0; g < G; ++g) for (int v = 0; v < NV; ++v) memcpy(&a[g][v], out_acc + g * D + d0 + v * CH, 64);
         for (int64_t t = t0; t < t1; ++t) {
-            const v16f v0 = load16(vb + (t * D + d0) * esz, is_bf16);
-            const v16f v1 = load16(vb + (t * D + d0 + CH) * esz, is_bf16);
+            v16f x[4];
+            for (int v = 0; v < NV; ++v) x[v] = load16(vb + (t * D + d0 + v * CH) * esz, is_bf16);
             for (int g = 0; g < G; ++g) {
                 const float p = sc[(int64_t)g * n + o + (t - t0)];
-                a0[g] += p * v0;
-                a1[g] += p * v1;
+                for (int v = 0; v < NV; ++v) a[g][v] += p * x[v];
             }
         }
-        for (int g = 0; g < G; ++g) { memcpy(out_acc + g * D + d0, &a0[g], 64); memcpy(out_acc + g * D + d0 + CH, &a1[g], 64); }
+        for (int g = 0; g < G; ++g) for (int v = 0; v < NV; ++v) memcpy(out_acc + g * D + d0 + v * CH, &a[g][v], 64);
     }
+}
+
+/* In-place softmax of s[0:n] with 16 partial maxima / sums, so the reductions vectorise without
+   -ffast-math (which would also let the compiler assume no infinities). */
+static void softmax_row(float *restrict s, int64_t n) {
+    float m16[CH], s16[CH];
+    for (int i = 0; i < CH; ++i) { m16[i] = -INFINITY; s16[i] = 0.f; }
+    int64_t t = 0;
+    for (; t + CH <= n; t += CH) for (int i = 0; i < CH; ++i) m16[i] = s[t + i] > m16[i] ? s[t + i] : m16[i];
+    float m = -INFINITY;
+    for (int i = 0; i < CH; ++i) m = m16[i] > m ? m16[i] : m;
+    for (int64_t u = t; u < n; ++u) m = s[u] > m ? s[u] : m;
+    for (t = 0; t + CH <= n; t += CH)
+        for (int i = 0; i < CH; ++i) { const float e = fast_expf(s[t + i] - m); s[t + i] = e; s16[i] += e; }
+    float sum = 0.f;
+    for (int i = 0; i < CH; ++i) sum += s16[i];
+    for (int64_t u = t; u < n; ++u) { s[u] = fast_expf(s[u] - m); sum += s[u]; }
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    for (int64_t u = 0; u < n; ++u) s[u] *= inv;
 }
 
 static inline __attribute__((always_inline)) void decode_task(
-    const int G, const char *q, int64_t q_st, int64_t q_sh, const char *kc, const char *vc, int64_t sb, int64_t sh,
+    const int G, const int NV, const int VNV, const char *q, int64_t q_st, int64_t q_sh, const char *kc, const char *vc, int64_t sb, int64_t sh,
     const int32_t *bt, int64_t L, int64_t q_row, char *out, int64_t o_st, int64_t o_sh,
     int kvh, int D, int64_t bs, int window, int sinks, float scale, const int is_bf16)
 {
@@ -146,19 +191,13 @@ static inline __attribute__((always_inline)) void decode_task(
                 const int64_t b = j / bs, t0 = j % bs;
                 const int64_t t1 = (j1 - b * bs) < bs ? (j1 - b * bs) : bs;
                 const int64_t off = ((int64_t)bt[b] * sb + (int64_t)kvh * sh) * esz;
-                if (pass == 0) score_block(G, kc + off, bs, t0, t1, qf, D, sc, n, base + (j - j0), is_bf16);
-                else value_block(G, vc + off, t0, t1, D, sc, n, base + (j - j0), acc, is_bf16);
+                if (pass == 0) score_block(G, NV, kc + off, bs, t0, t1, qf, D, sc, n, base + (j - j0), is_bf16);
+                else value_block(G, VNV, vc + off, t0, t1, D, sc, n, base + (j - j0), acc, is_bf16);
                 j += t1 - t0;
             }
         }
         if (pass == 0) {
-            for (int g = 0; g < G; ++g) {
-                float *s = sc + (int64_t)g * n, m = -INFINITY, sum = 0.f;
-                for (int64_t t = 0; t < n; ++t) m = s[t] > m ? s[t] : m;
-                for (int64_t t = 0; t < n; ++t) { s[t] = fast_expf(s[t] - m); sum += s[t]; }
-                const float inv = sum > 0.f ? 1.f / sum : 0.f;
-                for (int64_t t = 0; t < n; ++t) s[t] *= inv;
-            }
+            for (int g = 0; g < G; ++g) softmax_row(sc + (int64_t)g * n, n);
         }
     }
     for (int g = 0; g < G; ++g) {
@@ -173,11 +212,11 @@ static inline __attribute__((always_inline)) void decode_task(
 /* Decode: request r has one query (row q_rows[r]) at position seq_lens[r]-1 and reads keys
    [0, min(S, L)) and [max(L - W, S), L). key_cache/value_cache: element strides (sb, sh) of
    [num_blocks, H, ...]; inside a (block, head): K^T [D][bs], V [bs][D] (vLLM CPU "vec" layout).
-   Needs block_size % 16 == 0, head_size % 32 == 0, group <= 16 (the caller checks). */
+   Needs block_size % 32 == 0, head_size % 32 == 0, group <= 16 (the caller checks). */
 void localattn_decode(
     const void *q, int64_t q_st, int64_t q_sh,
     const void *kc, const void *vc, int64_t sb, int64_t sh,
-    const int32_t *block_table, int64_t bt_stride, const int32_t *seq_lens, const int64_t *q_rows,
+    const int32_t *block_table, int64_t bt_stride, const int32_t *seq_lens, const int32_t *q_rows,
     void *out, int64_t o_st, int64_t o_sh,
     int num_reqs, int num_heads, int num_kv_heads, int head_size, int block_size,
     int window, int sinks, float scale, int is_bf16, int num_threads)
@@ -188,19 +227,31 @@ void localattn_decode(
     for (int task = 0; task < tasks; ++task) {
         const int r = task / num_kv_heads, kvh = task % num_kv_heads;
         const int32_t *bt = block_table + (int64_t)r * bt_stride;
-#define CALL(GG, BF) decode_task(GG, (const char *)q, q_st, q_sh, (const char *)kc, (const char *)vc, sb, sh, bt, \
-        seq_lens[r], q_rows[r], (char *)out, o_st, o_sh, kvh, head_size, block_size, window, sinks, scale, BF)
+#define CALL(GG, NVV, VV, BF) decode_task(GG, NVV, VV, (const char *)q, q_st, q_sh, (const char *)kc, \
+        (const char *)vc, sb, sh, bt, seq_lens[r], q_rows[r], (char *)out, o_st, o_sh, kvh, head_size, block_size, \
+        window, sinks, scale, BF)
+#define WIDE(GG, BF) if (block_size % 64 == 0 && head_size % 64 == 0) { CALL(GG, 4, 4, BF); } \
+        else { CALL(GG, 2, 2, BF); }
 #define BY_GROUP(BF) switch (group) { \
-            case 1: CALL(1, BF); break; case 2: CALL(2, BF); break; case 4: CALL(4, BF); break; \
-            case 8: CALL(8, BF); break; default: CALL(group, BF); break; }
+            case 1: WIDE(1, BF); break; case 2: WIDE(2, BF); break; case 4: WIDE(4, BF); break; \
+            case 8: CALL(8, 2, 2, BF); break; default: CALL(group, 1, 1, BF); break; }
         if (is_bf16) { BY_GROUP(1) } else { BY_GROUP(0) }
 #undef BY_GROUP
+#undef WIDE
 #undef CALL
     }
 }
 """
 
-FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-shared", "-fPIC", "-fno-math-errno"]
+FLAGS = [
+    "-O3",
+    "-march=native",
+    "-mprefer-vector-width=512",
+    "-fopenmp",
+    "-shared",
+    "-fPIC",
+    "-fno-math-errno",
+]
 
 
 def _cache_dir() -> Path:
@@ -226,7 +277,9 @@ def _library() -> ctypes.CDLL | None:
         return None
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
-        key = hashlib.sha256("\0".join([SOURCE, " ".join(FLAGS), version, _cpu_flags()]).encode()).hexdigest()[:16]
+        key = hashlib.sha256(
+            "\0".join([SOURCE, " ".join(FLAGS), version, _cpu_flags()]).encode()
+        ).hexdigest()[:16]
         target = _cache_dir() / f"localattn_decode-{key}.so"
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -234,7 +287,9 @@ def _library() -> ctypes.CDLL | None:
                 src = Path(tmp) / "decode.c"
                 src.write_text(SOURCE)
                 built = Path(tmp) / "decode.so"
-                subprocess.run([cc, *FLAGS, str(src), "-o", str(built), "-lm"], capture_output=True, check=True)
+                subprocess.run(
+                    [cc, *FLAGS, str(src), "-o", str(built), "-lm"], capture_output=True, check=True
+                )
                 staged = target.with_suffix(f".{os.getpid()}.tmp")
                 shutil.copyfile(built, staged)
                 os.replace(staged, target)  # atomic: concurrent builders (vLLM workers) never see half a file
@@ -254,18 +309,24 @@ def available() -> bool:
     return _library() is not None
 
 
-def supports(query: torch.Tensor, key_cache: torch.Tensor, isa: str) -> bool:
+def supports(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, isa: str) -> bool:
+    """Whether :func:`decode` handles this call (else the CPU path uses its torch implementation)."""
     return (
         isa in ("vec", "vec16")
         and query.dtype in (torch.float32, torch.bfloat16)
         and query.stride(-1) == 1
         and key_cache.stride(2) == key_cache.shape[3]
         and key_cache.stride(3) == 1
-        and key_cache.shape[2] % 16 == 0
+        and key_cache.stride() == value_cache.stride()
+        and key_cache.shape[2] % 32 == 0
         and key_cache.shape[3] % 32 == 0
         and query.shape[1] // key_cache.shape[1] <= 16
         and available()
     )
+
+
+def _i32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.int32 and t.is_contiguous() else t.to(torch.int32).contiguous()
 
 
 def decode(
@@ -281,14 +342,12 @@ def decode(
     sinks: int,
     scale: float,
 ) -> None:
-    """Decode rows ``q_rows`` (one per request) of ``query`` into the same rows of ``out`` (``[T, Hq, D]``)."""
+    """Decode rows ``q_rows[:R]`` (one per request, ``R = len(seq_lens)``) of ``query`` into the same rows of
+    ``out`` (``[T, Hq, D]``); ``block_table`` rows ``0..R-1`` belong to those requests."""
     lib = _library()
     assert lib is not None
-    if key_cache.stride() != value_cache.stride():
-        raise ValueError("key_cache and value_cache must be views with the same strides (vLLM's split)")
-    bt = block_table if block_table.dtype == torch.int32 else block_table.to(torch.int32)
-    sl = seq_lens if seq_lens.dtype == torch.int32 else seq_lens.to(torch.int32)
-    bt, sl, rows = bt.contiguous(), sl.contiguous(), q_rows.to(torch.int64).contiguous()
+    bt = block_table if block_table.dtype == torch.int32 and block_table.stride(1) == 1 else _i32(block_table)
+    sl, rows = _i32(seq_lens), _i32(q_rows)
     _, hq, d = query.shape
     lib.localattn_decode(
         query.data_ptr(), query.stride(0), query.stride(1),

@@ -5,6 +5,8 @@ Importing this module registers the handlers with kopf's default registry.
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -31,6 +33,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = 40  # kopf's own events only for errors; ours say what was decided
     settings.watching.server_timeout = 300
     settings.batching.worker_limit = 64
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=SETTINGS.reconcile_threads, thread_name_prefix="reconcile")
+    )
     memo.reconciler = Reconciler(Cluster(load_api_client()), coalesce_seconds=SETTINGS.coalesce_seconds)
 
 

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from vllm import _custom_ops as ops
 from vllm import envs
-from vllm.v1.attention.backend import AttentionType
 from vllm.v1.attention.backends.cpu_attn import (
     CPUAttentionBackend,
     CPUAttentionBackendImpl,
@@ -27,6 +26,7 @@ from vllm.v1.attention.backends.cpu_attn import (
 )
 
 from localattn_runtime import layers
+from localattn_runtime.dispatch import active_config, local_layer_config, model_num_layers, split_queries
 
 if TYPE_CHECKING:
     from localattn_runtime.config import LocalAttnConfig
@@ -46,53 +46,26 @@ class LocalBatch:
 class LocalAttnMetadata(CPUAttentionMetadata):
     """Stock metadata plus the step's split into fully-attending and locally-attending queries."""
 
-    full: CPUAttentionMetadata | None = None  # stock metadata for the fully-attending queries (None: none)
-    full_index: torch.Tensor | None = None  # their rows in the step's query (None: all rows)
-    local: LocalBatch | None = None  # None: no query attends locally
-
-
-def _model_num_layers(vllm_config: Any) -> int:
-    return int(vllm_config.model_config.hf_text_config.num_hidden_layers)
-
-
-def _config(vllm_config: Any) -> LocalAttnConfig | None:
-    """The active, enabled configuration, validated against this model (raises ConfigError if it does not fit)."""
-    from localattn_runtime.plugin import active_config
-
-    cfg = active_config()
-    if cfg is None or not cfg.enabled:
-        return None
-    cfg.validate_for_model(_model_num_layers(vllm_config))
-    return cfg
-
-
-def is_local_layer(attn_module: Any, vllm_config: Any) -> LocalAttnConfig | None:
-    """The config if `attn_module` (a vLLM `Attention`) is a local layer run by our backend, else None."""
-    if not isinstance(getattr(attn_module, "impl", None), LocalAttnImpl):
-        return None
-    if getattr(attn_module, "attn_type", AttentionType.DECODER) != AttentionType.DECODER:
-        return None
-    if getattr(attn_module, "sliding_window", None) is not None:
-        return None  # the model's own sliding window wins; we do not stack windows
-    cfg = _config(vllm_config)
-    if cfg is None:
-        return None
-    idx = layers.layer_index(attn_module.layer_name)
-    if idx is None or cfg.is_global(idx, _model_num_layers(vllm_config)):
-        return None
-    return cfg
+    full: CPUAttentionMetadata | None = None  # stock metadata for the fully-attending queries of a mixed step
+    full_index: torch.Tensor | None = None  # their rows in the step's query
+    local: LocalBatch | None = None  # None: no query attends locally (the whole step is stock)
 
 
 class LocalAttnMetadataBuilder(CPUAttentionMetadataBuilder):
     def __init__(self, kv_cache_spec: Any, layer_names: list[str], vllm_config: Any, device: torch.device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
-        self.cfg = _config(vllm_config)
+        cfg = active_config(vllm_config)
+        n = model_num_layers(vllm_config)
+        idx = [layers.layer_index(name) for name in layer_names]
+        # Only groups with a local layer need the split (a hybrid KV config puts global layers apart).
+        self.cfg = cfg if cfg is not None and any(i is not None and not cfg.is_global(i, n) for i in idx) else None
 
     def _scheduler_metadata(self, seq_lens: torch.Tensor, query_start_loc: torch.Tensor) -> torch.Tensor:
         return ops.cpu_attn_get_scheduler_metadata(
             num_reqs=int(seq_lens.shape[0]), num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
-            head_dim=self.head_dim, seq_lens=seq_lens, dtype=self.dtype,  # type: ignore[arg-type]  # vLLM resolves it to a torch dtype query_start_loc=query_start_loc,
-            causal=True, sliding_window_size=self.window_size, isa=self.isa,
+            head_dim=self.head_dim, seq_lens=seq_lens,
+            dtype=self.dtype,  # type: ignore[arg-type]  # a torch dtype once vLLM resolved the model config
+            query_start_loc=query_start_loc, causal=True, sliding_window_size=self.window_size, isa=self.isa,
             enable_kv_split=envs.VLLM_CPU_ATTN_SPLIT_KV, dynamic_causal=None, kv_cache_dtype=self.kv_cache_dtype)
 
     def build(self, common_prefix_len: int, common_attn_metadata: Any, fast_build: bool = False) -> Any:
@@ -100,54 +73,31 @@ class LocalAttnMetadataBuilder(CPUAttentionMetadataBuilder):
         if self.cfg is None or self.is_cross_attention or self.is_encoder_only_attention:
             return base
         meta = LocalAttnMetadata(**{f.name: getattr(base, f.name) for f in fields(CPUAttentionMetadata)})
-        qsl = base.query_start_loc.to(torch.int64)
-        n = int(base.seq_lens.shape[0])
-        q_lens = qsl[1 : n + 1] - qsl[:n]
-        seq = base.seq_lens[:n].to(torch.int64)
-        ctx = seq - q_lens
-        first_local = layers.first_local_position(self.cfg.min_context_length)
-        n_full = torch.minimum((first_local - ctx).clamp(min=0), q_lens)
-        n_local = q_lens - n_full
-        if int(n_local.sum()) == 0:
-            meta.full = base
-            return meta
-        if int(n_full.sum()) == 0:
+        if layers.first_local_position(self.cfg.min_context_length) == 0:  # no dynamic scope: all local
             meta.local = LocalBatch(None, base.query_start_loc, base.seq_lens, base.block_table)
             return meta
-        meta.full, meta.full_index = self._sub_batch(base, qsl[:n], n_full, ctx + n_full)
-        rows = (n_local > 0).nonzero().flatten()
-        index = _ranges(qsl[:n][rows] + n_full[rows], n_local[rows])
-        loc = _cumsum0(n_local[rows]).to(base.query_start_loc.dtype)
-        meta.local = LocalBatch(index, loc, base.seq_lens[rows], base.block_table[rows])
-        return meta
-
-    def _sub_batch(self, base: CPUAttentionMetadata, starts: torch.Tensor, counts: torch.Tensor,
-                   seq_lens: torch.Tensor) -> tuple[CPUAttentionMetadata, torch.Tensor]:
-        rows = (counts > 0).nonzero().flatten()
-        index = _ranges(starts[rows], counts[rows])
-        qsl = _cumsum0(counts[rows]).to(base.query_start_loc.dtype)
-        sl = seq_lens[rows].to(base.seq_lens.dtype)
-        sub = CPUAttentionMetadata(
-            num_actual_tokens=int(index.shape[0]), max_query_len=int(counts[rows].max()), query_start_loc=qsl,
-            max_seq_len=int(sl.max()), seq_lens=sl, block_table=base.block_table[rows],
+        split = split_queries(base.query_start_loc, base.seq_lens, self.cfg.min_context_length)
+        if split.local is None:  # every query attends fully: stock
+            return meta
+        if split.full is None:
+            meta.local = LocalBatch(None, base.query_start_loc, base.seq_lens, base.block_table)
+            return meta
+        f, loc = split.full, split.local
+        qsl, sl = f.query_start_loc.to(base.query_start_loc.dtype), f.seq_lens.to(base.seq_lens.dtype)
+        meta.full = CPUAttentionMetadata(
+            num_actual_tokens=int(f.index.shape[0]), max_query_len=f.max_query_len, query_start_loc=qsl,
+            max_seq_len=int(sl.max()), seq_lens=sl, block_table=base.block_table[f.rows],
             slot_mapping=base.slot_mapping, scheduler_metadata=self._scheduler_metadata(sl, qsl), causal=True)
-        return sub, index
-
-
-def _cumsum0(x: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros(x.shape[0] + 1, dtype=torch.int64)
-    torch.cumsum(x, 0, out=out[1:])
-    return out
-
-
-def _ranges(starts: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Concatenated `arange(s, s + c)` for each (s, c)."""
-    offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(_cumsum0(counts)[:-1], counts)
-    return torch.repeat_interleave(starts, counts) + offsets
+        meta.full_index = f.index
+        meta.local = LocalBatch(loc.index, loc.query_start_loc.to(base.query_start_loc.dtype),
+                                loc.seq_lens.to(base.seq_lens.dtype), base.block_table[loc.rows])
+        return meta
 
 
 class LocalAttnImpl(CPUAttentionBackendImpl):
     """Stock CPU attention on global layers; sink + window attention on local ones."""
+
+    localattn_impl = True  # marks our impls for `dispatch.local_layer_config`
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -159,7 +109,7 @@ class LocalAttnImpl(CPUAttentionBackendImpl):
 
     def _is_local(self, layer: Any) -> bool:
         if self._local is None:
-            self._cfg = is_local_layer(layer, self._vllm_config)
+            self._cfg = local_layer_config(layer, self._vllm_config)
             self._local = self._cfg is not None
             if self._local and self.is_fp8_kv_cache:
                 raise NotImplementedError("localattn: local layers on CPU need an unquantized KV cache "

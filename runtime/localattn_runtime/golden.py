@@ -87,7 +87,8 @@ def greedy_completions(model_dir: str | Path, prompts: Sequence[str], max_tokens
     from localattn_runtime import tinymodel
 
     tok = tinymodel.load_tokenizer(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="sdpa")
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
+                                                      attn_implementation="sdpa")
     model.eval()
     out = []
     with torch.no_grad():

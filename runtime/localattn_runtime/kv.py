@@ -174,9 +174,9 @@ def install_spec_hook() -> None:
         spec = original(self, vllm_config)
         if spec is None:
             return None
-        from localattn_runtime.backend import is_local_layer
+        from localattn_runtime.dispatch import local_layer_config
 
-        cfg = is_local_layer(self, vllm_config)
+        cfg = local_layer_config(self, vllm_config)
         return local_spec(spec, cfg) if cfg is not None else spec
 
     get_kv_cache_spec._localattn = True  # type: ignore[attr-defined]

@@ -16,6 +16,10 @@ from localattn_runtime.config import LocalAttnConfig
 
 log = logging.getLogger(__name__)
 
+#: vLLM minor versions whose internals (backend registry, KV cache spec registry, CPU/Triton backends) this
+#: plugin is written and tested against; others get a warning, not a refusal.
+SUPPORTED_VLLM = ("0.32.",)
+
 BACKEND_CPU = "localattn_runtime.backend.LocalAttnBackend"
 BACKEND_GPU = "localattn_runtime.backend_gpu.LocalAttnTritonBackend"
 
@@ -42,6 +46,18 @@ def _is_api_server() -> bool:
         return False
     argv = sys.argv
     return (len(argv) > 1 and argv[1] == "serve") or any("entrypoints.openai.api_server" in a for a in argv[:3])
+
+
+def vllm_supported(version: str) -> bool:
+    return version.startswith(SUPPORTED_VLLM)
+
+
+def _check_vllm_version() -> None:
+    import vllm
+
+    if not vllm_supported(vllm.__version__):
+        log.warning("localattn: vLLM %s is untested (supported: %s); the attention backend and KV manager "
+                    "subclass vLLM internals", vllm.__version__, ", ".join(v + "x" for v in SUPPORTED_VLLM))
 
 
 def _register_backends() -> None:
@@ -79,6 +95,7 @@ def register() -> None:
         _state["registered"] = True
         return
     if cfg.enabled:
+        _check_vllm_version()
         _register_backends()
         from localattn_runtime import kv
 

@@ -16,12 +16,14 @@ import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from localattn_dev import testing
 
 pytestmark = pytest.mark.e2e
 
@@ -89,16 +91,13 @@ CLUSTER_DENIED = [
 
 
 @pytest.fixture(scope="module")
-def kubeconfig() -> str:
-    from localattn_dev.testing import ensure_cluster
+def kubeconfig(cluster: Any) -> str:
+    """The session's control plane (tests/conftest.py)."""
+    return str(cluster.kubeconfig)
 
-    return str(ensure_cluster().kubeconfig)
 
-
-def kubectl(kubeconfig: str, *args: str, **kwargs: Any) -> Any:
-    from localattn_dev.testing import kubectl as run
-
-    return run(*args, kubeconfig=kubeconfig, **kwargs)
+def kubectl(kubeconfig: str, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return testing.kubectl(*args, kubeconfig=kubeconfig, **kwargs)
 
 
 def can_i(kubeconfig: str, user: str, verb: str, resource: str, extra: tuple[str, ...], namespace: str) -> bool:
@@ -128,13 +127,29 @@ def crd_installed(kubeconfig: str, chart: Any) -> None:
         kubectl(kubeconfig, "apply", "-f", "-", input=crd["data"])
 
 
+@dataclass
+class Installed:
+    docs: list[dict[str, Any]]  # everything the chart rendered
+    namespace: str  # the release namespace
+    service_account: str
+
+    @property
+    def user(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.service_account}"
+
+    def container(self) -> dict[str, Any]:
+        deployment = next(d for d in self.docs if d["kind"] == "Deployment")
+        result: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+        return result
+
+
 @pytest.fixture
-def install(kubeconfig: str, render: Any, crd_installed: None) -> Iterator[Any]:
-    """`install(values, namespace)` applies the chart's RBAC objects (and dry-runs the rest) under a unique
-    release name; returns the ServiceAccount's username. Cluster-scoped objects are deleted afterwards."""
+def install(kubeconfig: str, render: Any, crd_installed: None) -> Iterator[Callable[..., Installed]]:
+    """`install(values, namespace)`: apply the chart's ServiceAccount and RBAC under a unique release name and
+    dry-run the rest on the server. Cluster-scoped objects are deleted afterwards (namespaces by the tests)."""
     releases: list[str] = []
 
-    def _install(values: dict[str, Any], namespace: str) -> str:
+    def _install(values: dict[str, Any], namespace: str) -> Installed:
         release = f"rbac-{uuid.uuid4().hex[:6]}"
         releases.append(release)
         docs = render(values, name=release, namespace=namespace)
@@ -143,7 +158,7 @@ def install(kubeconfig: str, render: Any, crd_installed: None) -> Iterator[Any]:
         kubectl(kubeconfig, "apply", "-f", "-", input=yaml.safe_dump_all(rbac))
         kubectl(kubeconfig, "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(rest))
         sa = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
-        return f"system:serviceaccount:{namespace}:{sa}"
+        return Installed(docs, namespace, sa)
 
     yield _install
     for release in releases:
@@ -162,11 +177,9 @@ def extra_grants(kubeconfig: str, user: str, namespace: str) -> dict[str, set[st
 
 
 def test_cluster_wide_install_grants_exactly_what_the_operator_uses(kubeconfig: str, install: Any) -> None:
-    from localattn_dev.testing import temp_namespace
-
-    with temp_namespace(kubeconfig, prefix="helm-op-") as release_ns, \
-            temp_namespace(kubeconfig, prefix="helm-app-") as app_ns:
-        user = install({}, release_ns)
+    with testing.temp_namespace(kubeconfig, prefix="helm-op-") as release_ns, \
+            testing.temp_namespace(kubeconfig, prefix="helm-app-") as app_ns:
+        user = install({}, release_ns).user
         assert extra_grants(kubeconfig, user, app_ns) == {**NAMESPACED, **CLUSTER}
         for verb, resource, extra in ALLOWED + CLUSTER_ALLOWED:
             assert can_i(kubeconfig, user, verb, resource, extra, app_ns), f"cannot {verb} {resource} {extra}"
@@ -175,12 +188,10 @@ def test_cluster_wide_install_grants_exactly_what_the_operator_uses(kubeconfig: 
 
 
 def test_watch_namespaces_confines_the_operator(kubeconfig: str, install: Any) -> None:
-    from localattn_dev.testing import temp_namespace
-
-    with temp_namespace(kubeconfig, prefix="helm-op-") as release_ns, \
-            temp_namespace(kubeconfig, prefix="helm-a-") as watched, \
-            temp_namespace(kubeconfig, prefix="helm-b-") as other:
-        user = install({"watchNamespaces": [watched]}, release_ns)
+    with testing.temp_namespace(kubeconfig, prefix="helm-op-") as release_ns, \
+            testing.temp_namespace(kubeconfig, prefix="helm-a-") as watched, \
+            testing.temp_namespace(kubeconfig, prefix="helm-b-") as other:
+        user = install({"watchNamespaces": [watched]}, release_ns).user
         assert extra_grants(kubeconfig, user, watched) == {**NAMESPACED, **CLUSTER}
         for namespace in (other, release_ns):
             assert extra_grants(kubeconfig, user, namespace) == CLUSTER
@@ -218,64 +229,53 @@ def free_port() -> int:
         return port
 
 
-def test_operator_runs_as_the_chart_configures_it(kubeconfig: str, render: Any, crd_installed: None,
-                                                  tmp_path: Path) -> None:
+def test_operator_runs_as_the_chart_configures_it(kubeconfig: str, install: Any, tmp_path: Path) -> None:
     """The rendered command, env and RBAC are enough for the real operator: run exactly the container's
     command line as the chart's ServiceAccount, confined to one watched namespace, and let it serve a
     LocalAttnDeployment to Ready; its health and metrics endpoints answer on the rendered ports."""
-    from localattn_dev.testing import temp_namespace, wait_for
-
-    with temp_namespace(kubeconfig, prefix="helm-op-") as release_ns, \
-            temp_namespace(kubeconfig, prefix="helm-a-") as watched:
-        release = f"run-{uuid.uuid4().hex[:6]}"
+    with testing.temp_namespace(kubeconfig, prefix="helm-op-") as release_ns, \
+            testing.temp_namespace(kubeconfig, prefix="helm-a-") as watched:
         metrics_port, health_port = free_port(), free_port()
-        values = {"watchNamespaces": [watched], "resyncSeconds": 5,
-                  "metrics": {"port": metrics_port}, "health": {"port": health_port}}
-        docs = render(values, name=release, namespace=release_ns)
+        installed = install({"watchNamespaces": [watched], "resyncSeconds": 5,
+                             "metrics": {"port": metrics_port}, "health": {"port": health_port}}, release_ns)
+        sa_kubeconfig = service_account_kubeconfig(
+            kubeconfig, release_ns, installed.service_account, tmp_path / "sa.kubeconfig"
+        )
+        container = installed.container()
+        env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]}}
+        env.pop("KUBERNETES_SERVICE_HOST", None)  # not in a pod: use the kubeconfig
+        command = [str(Path(sys.executable).parent / container["command"][0]), *container["args"],
+                   "--kubeconfig", sa_kubeconfig]
+        log = tmp_path / "operator.log"
+        with open(log, "w") as out:
+            operator = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            kubectl(kubeconfig, "apply", "-f", "-",
-                    input=yaml.safe_dump_all([d for d in docs if d["kind"] in RBAC_KINDS]))
-            sa = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
-            sa_kubeconfig = service_account_kubeconfig(kubeconfig, release_ns, sa, tmp_path / "sa.kubeconfig")
-            container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
-            env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]}}
-            env.pop("KUBERNETES_SERVICE_HOST", None)
-            command = [str(Path(sys.executable).parent / container["command"][0]), *container["args"],
-                       "--kubeconfig", sa_kubeconfig]
-            log = tmp_path / "operator.log"
-            with open(log, "w") as out:
-                operator = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+            health = f"http://127.0.0.1:{health_port}/healthz"
+            testing.wait_for(lambda: urllib.request.urlopen(health, timeout=2).status == 200, timeout=30,
+                             message="the operator's liveness endpoint")
+            lad = yaml.safe_load((ROOT / "examples" / "deployment.yaml").read_text())
+            lad["spec"]["replicas"] = 1
+            lad["spec"]["model"]["uri"] = "hf://localattn/tiny-llama"  # no PVC to provision on the dev cluster
+            kubectl(kubeconfig, "apply", "-n", watched, "-f", "-", input=yaml.safe_dump(lad))
+            name = lad["metadata"]["name"]
+
+            def status() -> dict[str, Any]:
+                out = kubectl(kubeconfig, "get", "lad", name, "-n", watched, "-o", "yaml").stdout
+                result: dict[str, Any] = yaml.safe_load(out).get("status") or {}
+                return result
+
             try:
-                health = f"http://127.0.0.1:{health_port}/healthz"
-                wait_for(lambda: urllib.request.urlopen(health, timeout=2).status == 200, timeout=30,
-                         message="the operator's liveness endpoint")
-                lad = yaml.safe_load((ROOT / "examples" / "deployment.yaml").read_text())
-                lad["spec"]["replicas"] = 1
-                lad["spec"]["model"]["uri"] = "hf://localattn/tiny-llama"  # no PVC to provision on the dev cluster
-                kubectl(kubeconfig, "apply", "-n", watched, "-f", "-", input=yaml.safe_dump(lad))
-                name = lad["metadata"]["name"]
-
-                def status() -> dict[str, Any]:
-                    out = kubectl(kubeconfig, "get", "lad", name, "-n", watched, "-o", "yaml").stdout
-                    result: dict[str, Any] = yaml.safe_load(out).get("status") or {}
-                    return result
-
-                try:
-                    wait_for(lambda: status().get("phase") == "Ready", timeout=60, message=f"{name} Ready")
-                except TimeoutError:
-                    pytest.fail(f"not Ready: {status()}\noperator log:\n{log.read_text()[-3000:]}")
-                metrics = f"http://127.0.0.1:{metrics_port}/metrics"
-                body = urllib.request.urlopen(metrics, timeout=5).read().decode()
-                assert "localattn_operator_reconciles_total" in body
-            finally:
-                operator.send_signal(signal.SIGTERM)
-                try:
-                    operator.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    operator.kill()
-                    operator.wait()
-            text = log.read_text()
-            assert "Forbidden" not in text and " 403" not in text, text[-4000:]
+                testing.wait_for(lambda: status().get("phase") == "Ready", timeout=60, message=f"{name} Ready")
+            except TimeoutError:
+                pytest.fail(f"not Ready: {status()}\noperator log:\n{log.read_text()[-3000:]}")
+            body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+            assert "localattn_operator_reconciles_total" in body
         finally:
-            kubectl(kubeconfig, "delete", "clusterrole,clusterrolebinding", "-l",
-                    f"app.kubernetes.io/instance={release}", "--wait=false", check=False)
+            operator.send_signal(signal.SIGTERM)
+            try:
+                operator.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                operator.kill()
+                operator.wait()
+        text = log.read_text()
+        assert "Forbidden" not in text and " 403" not in text, text[-4000:]

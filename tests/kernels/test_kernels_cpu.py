@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
-from localattn_kernels import cpu, layout
+from localattn_kernels import cpu, cpu_native, layout
 from localattn_kernels.testing import PagedCase, make_case
 
 from .cases import DECODE, MIXED, SINKS, TOL, WINDOW
@@ -133,3 +135,51 @@ def test_bad_arguments_raise(change: dict, message: str) -> None:
     query = args.pop("query")
     with pytest.raises(ValueError, match=message):
         cpu.paged_local_attention(query, case.key_cache, case.value_cache, **args)
+
+
+def test_fused_decode_kernel_builds_and_agrees_with_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decode rows use the fused C kernel when a compiler exists; the torch fallback must give the same answer."""
+    if shutil.which("cc") or shutil.which("gcc"):
+        assert cpu_native.available(), "a C compiler is present but the fused decode kernel did not build"
+    case = make_case(DECODE, num_heads=16, num_kv_heads=2, head_size=128, block_size=64, dtype=torch.bfloat16)
+    assert cpu_native.supports(case.query, case.key_cache, case.value_cache, "vec") == cpu_native.available()
+    fused = _run(case, window=WINDOW, sinks=SINKS, scale=0.09)
+    monkeypatch.setattr(cpu_native, "supports", lambda *a: False)
+    torch_path = _run(case, window=WINDOW, sinks=SINKS, scale=0.09)
+    torch.testing.assert_close(fused, torch_path, **TOL[torch.bfloat16])
+    torch.testing.assert_close(
+        fused, case.reference(window=WINDOW, sinks=SINKS, scale=0.09), **TOL[torch.bfloat16]
+    )
+
+
+def test_strided_query_view_and_empty_padded_request() -> None:
+    """vLLM's query is a view into the fused qkv projection, and batches may end with an empty request."""
+    case = make_case(
+        [(1, 70), (6, 40)], num_heads=8, num_kv_heads=2, head_size=64, block_size=32, dtype=torch.bfloat16
+    )
+    qkv = torch.randn(7, 12, 64).bfloat16()
+    qkv[:, :8] = case.query
+    table = torch.cat([case.block_table, torch.zeros_like(case.block_table[:1])])
+    got = cpu.paged_local_attention(
+        qkv[:, :8], case.key_cache, case.value_cache, block_table=table,
+        seq_lens=torch.tensor([70, 40, 0], dtype=torch.int32),
+        query_start_loc=torch.tensor([0, 1, 7, 7], dtype=torch.int32), window=16, sinks=3, scale=0.125,
+    )  # fmt: skip
+    torch.testing.assert_close(got, case.reference(window=16, sinks=3, scale=0.125), **TOL[torch.bfloat16])
+
+
+def test_vec16_layout_for_head_size_80() -> None:
+    """Head sizes that are not a multiple of 32 make vLLM pick the "vec16" ISA (same transposed-K layout)."""
+    case = make_case(
+        [*DECODE, (9, 60)],
+        num_heads=4,
+        num_kv_heads=2,
+        head_size=80,
+        block_size=32,
+        dtype=torch.float32,
+        isa="vec16",
+    )
+    got = _run(case, window=WINDOW, sinks=SINKS, scale=0.1, isa="vec16")
+    torch.testing.assert_close(
+        got, case.reference(window=WINDOW, sinks=SINKS, scale=0.1), **TOL[torch.float32]
+    )

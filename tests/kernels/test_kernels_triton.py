@@ -160,3 +160,32 @@ def test_bad_arguments_raise() -> None:
             case.query.float(), case.key_cache, case.value_cache, block_table=case.block_table, seq_lens=case.seq_lens,
             query_start_loc=case.query_start_loc, window=3, sinks=0, scale=1.0,
         )  # fmt: skip
+
+
+def test_decode_skips_padded_requests_and_reads_strided_queries() -> None:
+    """vLLM pads batches with empty requests and hands a query that is a view into the fused qkv tensor."""
+    case = _case(
+        [(1, 50), (1, 9)], num_heads=4, num_kv_heads=2, head_size=64, block_size=16, dtype=torch.float16
+    )
+    qkv = torch.randn(2, 8, 64, dtype=torch.float16, device=DEVICE)
+    qkv[:, :4] = case.query
+    query = qkv[:, :4]  # strided rows, contiguous head dimension
+    out = torch.full((3, 4, 64), 5.0, dtype=torch.float16, device=DEVICE)  # row 2: padding
+    qsl = torch.tensor([0, 1, 2, 2], dtype=torch.int32, device=DEVICE)
+    seq_lens = torch.tensor([50, 9, 0], dtype=torch.int32, device=DEVICE)
+    table = torch.cat([case.block_table, torch.zeros_like(case.block_table[:1])])
+    query3 = torch.cat([query, torch.zeros(1, 4, 64, dtype=torch.float16, device=DEVICE)])
+    for splits in (1, 2):
+        lt.paged_local_attention(
+            query3, case.key_cache, case.value_cache, block_table=table, seq_lens=seq_lens,
+            query_start_loc=qsl, window=8, sinks=2, scale=0.1, out=out, num_splits=splits,
+        )  # fmt: skip
+        torch.testing.assert_close(
+            out[:2], case.reference(window=8, sinks=2, scale=0.1), **TOL[torch.float16]
+        )
+        assert bool((out[2] == 5.0).all())
+    got = lt.paged_local_attention(
+        query, case.key_cache, case.value_cache, block_table=case.block_table, seq_lens=case.seq_lens,
+        query_start_loc=case.query_start_loc, window=8, sinks=2, scale=0.1,
+    )  # fmt: skip
+    torch.testing.assert_close(got, case.reference(window=8, sinks=2, scale=0.1), **TOL[torch.float16])

@@ -172,3 +172,13 @@ def test_operator_restarted_mid_reconcile_converges(k8s, operator, namespace) ->
     assert deployments == ["deployment.apps/restart"]
     assert lad["status"]["observedGeneration"] == lad["metadata"]["generation"]
     assert k8s.event_reasons(namespace, "restart").count("Created") == 1
+
+
+def test_empty_strings_and_secret_references_reach_the_pods(k8s, operator, namespace) -> None:
+    env = [{"name": "EMPTY", "value": ""}, {"name": "TOKEN", "secretKeyRef": {"name": "hf", "key": "token"}}]
+    k8s.apply(namespace, lad_manifest("envs", replicas=1, runtime={"env": env}))
+    k8s.wait_lad(namespace, "envs", lambda s: s.get("phase") == "Ready")
+    container = k8s.get(namespace, "deployment", "envs")["spec"]["template"]["spec"]["containers"][0]
+    rendered = {e["name"]: e for e in container["env"]}
+    assert rendered["EMPTY"].get("value", "") == ""
+    assert rendered["TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}

@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-GEN = 8
-W_REGISTER = 48
+GEN = 8  # tokens generated per request unless the engine spec says otherwise
+W_REGISTER = 48  # any enabled config: registration needs one; each engine then sets its own
+
 
 def run_engines(job: dict[str, Any], out: Path, timeout: int = 900) -> dict[str, Any]:
     """Run `job` in a fresh interpreter (this file as a script) and return its JSON results."""
@@ -60,11 +61,14 @@ def _engine(model: str, spec: dict[str, Any]) -> dict[str, Any]:
         else:
             sp = SamplingParams(temperature=0, max_tokens=spec.get("max_tokens", GEN), logprobs=0,
                                 prompt_logprobs=0 if spec.get("prompt_logprobs") else None)
-            outs = llm.generate([{"prompt_token_ids": p} for p in spec["prompts"]], sp, use_tqdm=False)
-            result["outputs"] = [_output(o) for o in outs]
+            prompts: list[Any] = [{"prompt_token_ids": p} for p in spec["prompts"]]
+            passes = [[_output(o) for o in llm.generate(prompts, sp, use_tqdm=False)]
+                      for _ in range(spec.get("repeat", 1))]  # repeat: the later passes can hit the prefix cache
+            result["outputs"] = passes[0]
+            result["passes"] = passes
         from vllm.v1.core.kv_cache_utils import get_max_concurrency_for_kv_cache_config
 
-        core = llm.llm_engine.engine_core.engine_core
+        core = llm.llm_engine.engine_core.engine_core  # type: ignore[attr-defined]  # in-process client
         kv_config = core.scheduler.kv_cache_manager.kv_cache_config
         groups = kv_config.kv_cache_groups
         result["groups"] = [{"spec": type(g.kv_cache_spec).__name__, "layers": g.layer_names,
@@ -88,7 +92,7 @@ def _output(o: Any) -> dict[str, Any]:
     if o.prompt_logprobs is not None:
         ids = o.prompt_token_ids
         plps = [None] + [o.prompt_logprobs[i][ids[i]].logprob for i in range(1, len(ids))]
-    return {"tokens": toks, "logprobs": lps, "prompt_logprobs": plps}
+    return {"tokens": toks, "logprobs": lps, "prompt_logprobs": plps, "cached": o.num_cached_tokens or 0}
 
 
 def _trace(llm: Any, spec: dict[str, Any]) -> list[dict[str, Any]]:

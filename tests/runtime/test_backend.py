@@ -83,6 +83,8 @@ ENGINES = [
      "prompt_logprobs": True},
     {"name": "minctx", "config": {**LOCAL, "minContextLength": MIN_CTX},
      "prompts": _prompts((MIN_CTX - 1, 300, 140), seed=1), "prompt_logprobs": True, "max_tokens": 16},
+    {"name": "local_cached", "config": LOCAL, "prompts": _prompts(PROMPT_LENS), "repeat": 2,
+     "engine_args": {"enable_prefix_caching": True, "block_size": 32}},
 ]
 TOL = 2e-3  # fp32 logprobs, vLLM's kernels vs transformers' eager attention
 
@@ -147,6 +149,15 @@ def test_global_layers_are_global(runs: dict[str, Any], tiny_random_model: Path)
     got = runs["local"]["outputs"][0]["prompt_logprobs"]
     all_local = reference_logprobs(tiny_random_model, ids, masks(len(ids), local_layers={0, 1, 2, 3}, window=W, sinks=S))
     assert _max_diff(got, all_local) > 1e-2
+
+
+def test_prefix_cache_hits_give_the_same_output(runs: dict[str, Any]) -> None:
+    """With prefix caching on (vLLM's default), a repeated prompt reuses cached blocks, sinks included."""
+    first, second = runs["local_cached"]["passes"]
+    assert second[0]["cached"] >= 256  # the 300-token prompt: 9 of its 32-token blocks came from the cache
+    for ref, a, b in zip(runs["local"]["outputs"], first, second, strict=True):
+        assert ref["tokens"] == a["tokens"] == b["tokens"]
+        assert max(abs(x - y) for x, y in zip(ref["logprobs"], b["logprobs"], strict=True)) < 1e-4
 
 
 def test_min_context_length_switches_at_threshold(runs: dict[str, Any], tiny_random_model: Path) -> None:

@@ -133,7 +133,8 @@ def test_register_twice_is_idempotent(monkeypatch: pytest.MonkeyPatch) -> None:
                              sliding_window=64, sink_tokens=4)
     assert KVCacheSpecRegistry.get_manager_class(spec) is kv.SinkWindowManager
     full = FullAttentionSpec(block_size=32, num_kv_heads=2, head_size=32, dtype=spec.dtype)
-    assert KVCacheSpecRegistry.get_manager_class(full).__name__ == "FullAttentionManager"  # built-ins intact
+    manager = KVCacheSpecRegistry.get_manager_class(full)
+    assert manager is not None and manager.__name__ == "FullAttentionManager"  # built-ins intact
     if not was_overridden:  # leave the process as we found it for other in-process vLLM users
         AttentionBackendEnum.CPU_ATTN.clear_override()
 
@@ -155,3 +156,11 @@ def test_bad_environment_fails_register(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(plugin, "_state", {})
     with pytest.raises(ConfigError, match="sinkTokens"):
         plugin.register()
+
+
+def test_installed_vllm_is_supported() -> None:
+    import vllm
+    from localattn_runtime import plugin
+
+    assert plugin.vllm_supported(vllm.__version__), vllm.__version__
+    assert not plugin.vllm_supported("0.31.2")

@@ -31,7 +31,7 @@ def default_num_splits(
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     programs = max(1, num_seqs * num_kv_heads)
     by_sm = -(-2 * sms // programs)
-    by_len = max(1, (window + sinks) // 128)
+    by_len = max(1, (window + sinks) // 64)  # at least one 64-key tile per split
     return max(1, min(by_sm, by_len, 32))
 
 

@@ -37,6 +37,8 @@ def _decode_kernel(
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq_idx)
     q_row = tl.load(qsl_ptr + seq_idx)
+    if tl.load(qsl_ptr + seq_idx + 1) == q_row:  # padded request without a query: write nothing
+        return
 
     n_sink = tl.minimum(sinks, seq_len)
     win_lo = tl.maximum(seq_len - window, sinks)
@@ -95,6 +97,8 @@ def _combine_kernel(
     seq_idx = tl.program_id(0)
     head = tl.program_id(1)
     q_row = tl.load(qsl_ptr + seq_idx)
+    if tl.load(qsl_ptr + seq_idx + 1) == q_row:
+        return
     s = tl.arange(0, BLOCK_S)
     s_ok = s < NUM_SPLITS
     d = tl.arange(0, BLOCK_D)
@@ -129,7 +133,7 @@ def decode(
     num_splits: int,
     block_n: int = 64,
 ) -> None:
-    """Launch the decode kernel (+ the LSE combine when ``num_splits > 1``); every request has one query."""
+    """Launch the decode kernel (+ the LSE combine when ``num_splits > 1``); every request has <= 1 query."""
     num_seqs = seq_lens.shape[0]
     _, num_heads, head_size = query.shape
     page, num_kv_heads = key_cache.shape[1], key_cache.shape[2]

@@ -1,0 +1,110 @@
+"""What runs where, shared by the CPU and GPU backends: is a vLLM attention layer local, and which of a step's
+queries attend locally (the per-token minContextLength rule of `layers`, applied to a batch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from localattn_runtime import layers
+
+if TYPE_CHECKING:
+    from localattn_runtime.config import LocalAttnConfig
+
+
+def model_num_layers(vllm_config: Any) -> int:
+    return int(vllm_config.model_config.hf_text_config.num_hidden_layers)
+
+
+def active_config(vllm_config: Any) -> LocalAttnConfig | None:
+    """The enabled configuration, validated against this model (raises ConfigError if it does not fit)."""
+    from localattn_runtime.plugin import active_config as _active
+
+    cfg = _active()
+    if cfg is None or not cfg.enabled:
+        return None
+    cfg.validate_for_model(model_num_layers(vllm_config))
+    return cfg
+
+
+def local_layer_config(attn_module: Any, vllm_config: Any) -> LocalAttnConfig | None:
+    """The config if `attn_module` (a vLLM `Attention`) is a local decoder layer run by one of our backends."""
+    if not getattr(getattr(attn_module, "impl", None), "localattn_impl", False):
+        return None
+    if getattr(attn_module, "attn_type", "decoder") != "decoder":  # AttentionType is a str enum
+        return None
+    if getattr(attn_module, "sliding_window", None) is not None:
+        return None  # the model's own sliding window wins; windows are not stacked
+    cfg = active_config(vllm_config)
+    if cfg is None:
+        return None
+    idx = layers.layer_index(attn_module.layer_name)
+    if idx is None or cfg.is_global(idx, model_num_layers(vllm_config)):
+        return None
+    return cfg
+
+
+@dataclass
+class Part:
+    """Some of a step's queries as a batch of their own: rows `index` of the step's query tensor."""
+
+    index: torch.Tensor
+    rows: torch.Tensor  # the requests they belong to (rows of block_table / seq_lens)
+    query_start_loc: torch.Tensor
+    seq_lens: torch.Tensor
+    max_query_len: int
+
+
+@dataclass
+class QuerySplit:
+    """`full` / `local`: None when no query of the step is in that part; `all_local`: no split needed."""
+
+    full: Part | None
+    local: Part | None
+
+    @property
+    def all_local(self) -> bool:
+        return self.full is None and self.local is not None
+
+
+def cumsum0(x: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros(x.shape[0] + 1, dtype=torch.int64, device=x.device)
+    torch.cumsum(x, 0, out=out[1:])
+    return out
+
+
+def ranges(starts: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Concatenated `arange(s, s + c)` for each (s, c)."""
+    total = int(counts.sum())
+    offsets = torch.arange(total, device=counts.device) - torch.repeat_interleave(cumsum0(counts)[:-1], counts)
+    return torch.repeat_interleave(starts, counts) + offsets
+
+
+def _part(starts: torch.Tensor, counts: torch.Tensor, seq_lens: torch.Tensor) -> Part | None:
+    rows = (counts > 0).nonzero().flatten()
+    if rows.numel() == 0:
+        return None
+    c = counts[rows]
+    return Part(index=ranges(starts[rows], c), rows=rows, query_start_loc=cumsum0(c), seq_lens=seq_lens[rows],
+                max_query_len=int(c.max()))
+
+
+def split_queries(query_start_loc: torch.Tensor, seq_lens: torch.Tensor, min_context_length: int) -> QuerySplit:
+    """Split a step's queries: those at positions < minContextLength - 1 attend fully, the rest locally.
+
+    Request r's queries are the last q_r positions of its seq_lens[r] tokens; per request the full ones come
+    first, so each part is again a valid varlen batch (with `seq_lens` cut at the part's last query).
+    """
+    n = int(seq_lens.shape[0])
+    qsl = query_start_loc[: n + 1].to(torch.int64)
+    q_lens = qsl[1:] - qsl[:-1]
+    seq = seq_lens[:n].to(torch.int64)
+    ctx = seq - q_lens
+    first_local = layers.first_local_position(min_context_length)
+    n_full = torch.minimum((first_local - ctx).clamp(min=0), q_lens)
+    n_local = q_lens - n_full
+    if int(n_full.sum()) == 0:
+        return QuerySplit(full=None, local=_part(qsl[:-1], q_lens, seq))
+    return QuerySplit(full=_part(qsl[:-1], n_full, ctx + n_full), local=_part(qsl[:-1] + n_full, n_local, seq))

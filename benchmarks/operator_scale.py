@@ -52,7 +52,7 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> int:
@@ -73,7 +73,7 @@ def main() -> int:
     subprocess.run([*kubectl, "delete", "namespace", args.namespace, "--ignore-not-found", "--wait=true"], check=True, capture_output=True)
     subprocess.run([*kubectl, "create", "namespace", args.namespace], check=True, capture_output=True)
 
-    log = tempfile.NamedTemporaryFile(prefix="operator-", suffix=".log", delete=False)
+    log = tempfile.NamedTemporaryFile(prefix="operator-", suffix=".log", delete=False)  # noqa: SIM115 (kept: the log outlives the run)
     operator = subprocess.Popen(
         [sys.executable, "-m", "localattn_cli.main", "operator", "run", "--namespace", args.namespace, "--metrics-port", "0"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -8,7 +8,7 @@ process (the plugin reads its configuration once per process).
 
 Target: window+sinks+calibrated globals within 5% of full attention's perplexity; window-only visibly worse.
 
-    .venv/bin/python benchmarks/quality.py [--window 64] [--sinks 4] [--budget 1]
+    .venv/bin/python benchmarks/quality.py [--window 16 64] [--sinks 4] [--budget 1]
 """
 
 from __future__ import annotations
@@ -100,32 +100,46 @@ def run_config(name: str, model: str, ids_file: str, cfg: dict | None, workdir: 
 # --- the benchmark ------------------------------------------------------------------------------------------
 
 
-def plot(rows: dict[str, list[float]], length: int, path: Path, title: str) -> None:
+def plot(panels: dict[int, dict[str, list[float]]], length: int, path: Path, sinks: int) -> None:
+    """One panel per window size: perplexity by position bucket, one line per configuration."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     mids = [math.sqrt(lo * hi) for lo, hi in buckets(length)]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for name, ppl in rows.items():
-        ax.plot(mids, ppl, marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("token position (bucket)")
-    ax.set_ylabel("perplexity (held-out stdlib code)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False, sharey=True)
+    for ax, (window, rows) in zip(axes[0], panels.items(), strict=True):
+        for name, ppl in rows.items():
+            ax.plot(mids, ppl, marker="o", label=name)
+        ax.axvline(window, color="grey", linestyle=":", linewidth=1)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("token position (bucket)")
+        ax.set_title(f"W={window}, S={sinks}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("perplexity, held-out stdlib code")
+    fig.suptitle("tiny trained model through vLLM: full vs local attention", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
+
+
+def configs_for(window: int, sinks: int, plan_file: Path, plan: dict) -> dict[str, dict]:
+    """The three local configurations for one window (full attention is shared across windows)."""
+    base = {"windowSize": window, "globalLayers": {"indices": []}}
+    label = ",".join(map(str, plan["globalLayers"])) or "none"
+    return {
+        "window-only": {**base, "sinkTokens": 0},
+        "window+sinks": {**base, "sinkTokens": sinks},
+        f"window+sinks+global[{label}]": {**base, "sinkTokens": sinks, "planFile": str(plan_file)},
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="model dir (default: the cached tiny trained model)")
-    ap.add_argument("--window", type=int, default=64)
+    ap.add_argument("--window", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--sinks", type=int, default=4)
     ap.add_argument("--budget", type=int, default=1, help="global layers chosen by calibration")
     ap.add_argument("--sequences", type=int, default=12)
@@ -139,47 +153,45 @@ def main() -> None:
     tok = tinymodel.load_tokenizer(model)
     bos = tok.convert_tokens_to_ids(tinymodel.BOS)
     # Evaluation text: held-out chunks after the ones calibration samples (calibration uses the first few).
-    skip = 8
-    seqs = [[bos, *c] for c in golden.held_out_chunks(tok, args.sequences, args.length - 1, skip=skip)]
+    seqs = [[bos, *c] for c in golden.held_out_chunks(tok, args.sequences, args.length - 1, skip=8)]
+    print(f"model {model}\n{len(seqs)} held-out sequences x {args.length} tokens; windows {args.window}, "
+          f"sinks {args.sinks}, calibrated global layers: {args.budget}", flush=True)
+    plans: dict[int, dict] = {}
+    nll: dict[int, dict[str, list[list[float]]]] = {}
     with tempfile.TemporaryDirectory(prefix="localattn-quality-") as tmp:
         work = Path(tmp)
         ids_file = work / "ids.json"
         ids_file.write_text(json.dumps(seqs))
-        print(f"model {model}\n{len(seqs)} held-out sequences x {args.length} tokens; window={args.window} "
-              f"sinks={args.sinks}; calibrating global layers (budget {args.budget}) ...", flush=True)
-        plan = calibrate.calibrate(model, args.window, args.sinks, args.budget, samples=4, length=args.length)
-        print(calibrate.format_table(plan))
-        plan_file = calibrate.write_plan(plan, work / "plan.json")
-        base = {"windowSize": args.window, "globalLayers": {"indices": []}}
-        globals_label = ",".join(map(str, plan["globalLayers"])) or "none"
-        configs: dict[str, dict | None] = {
-            "full (stock vLLM)": None,
-            "window-only": {**base, "sinkTokens": 0},
-            "window+sinks": {**base, "sinkTokens": args.sinks},
-            f"window+sinks+global[{globals_label}]": {**base, "sinkTokens": args.sinks,
-                                                      "planFile": str(plan_file)},
-        }
-        nll = {name: run_config(f"c{i}", model, str(ids_file), cfg, work)
-               for i, (name, cfg) in enumerate(configs.items())}
-        for name in configs:
-            print(f"  ran: {name}")
+        full = run_config("full", model, str(ids_file), None, work)
+        for w in args.window:
+            plan = plans[w] = calibrate.calibrate(model, w, args.sinks, args.budget, samples=4, length=args.length)
+            print(calibrate.format_table(plan), flush=True)
+            plan_file = calibrate.write_plan(plan, work / f"plan-{w}.json")
+            nll[w] = {"full (stock vLLM)": full}
+            for i, (name, cfg) in enumerate(configs_for(w, args.sinks, plan_file, plan).items()):
+                nll[w][name] = run_config(f"w{w}-c{i}", model, str(ids_file), cfg, work)
 
     stream = train.token_stream(tok, held_out=False)
     uni = unigram_ppl(Counter(stream), seqs, len(tok))
-    rows = {name: bucket_ppl(v, args.length) for name, v in nll.items()}
-    totals = {name: overall_ppl(v) for name, v in nll.items()}
-    full = totals["full (stock vLLM)"]
     head = " ".join(f"{f'{lo}-{hi - 1}':>9}" for lo, hi in buckets(args.length))
-    print(f"\nperplexity by position (W={args.window}, S={args.sinks}); unigram baseline {uni:.1f}")
-    print(f"{'configuration':<34} {head} {'all':>9} {'vs full':>8}")
-    for name, ppl in rows.items():
-        print(f"{name:<34} " + " ".join(f"{p:9.2f}" for p in ppl) + f" {totals[name]:9.2f} "
-              f"{totals[name] / full:8.3f}x")
+    panels: dict[int, dict[str, list[float]]] = {}
+    totals: dict[int, dict[str, float]] = {}
+    print(f"\nperplexity by token position, held-out code; unigram baseline {uni:.1f}")
+    for w in args.window:
+        panels[w] = {name: bucket_ppl(v, args.length) for name, v in nll[w].items()}
+        totals[w] = {name: overall_ppl(v) for name, v in nll[w].items()}
+        ref = totals[w]["full (stock vLLM)"]
+        print(f"\nW={w} S={args.sinks}")
+        print(f"{'configuration':<34} {head} {'all':>9} {'vs full':>8}")
+        for name, ppl in panels[w].items():
+            print(f"{name:<34} " + " ".join(f"{p:9.2f}" for p in ppl) + f" {totals[w][name]:9.2f} "
+                  f"{totals[w][name] / ref:8.3f}x")
     png = Path(args.png)
-    plot(rows, args.length, png, f"tiny model, W={args.window}, S={args.sinks}, held-out code")
-    (png.with_suffix(".json")).write_text(json.dumps({
-        "window": args.window, "sinks": args.sinks, "budget": args.budget, "plan": plan,
-        "buckets": buckets(args.length), "perplexity": rows, "overall": totals, "unigram": uni}, indent=1))
+    plot(panels, args.length, png, args.sinks)
+    png.with_suffix(".json").write_text(json.dumps({
+        "model": model, "sinks": args.sinks, "budget": args.budget, "sequences": len(seqs),
+        "length": args.length, "buckets": buckets(args.length), "plans": plans, "perplexity": panels,
+        "overall": totals, "unigram": uni}, indent=1) + "\n")
     print(f"\nplot: {png}")
 
 

@@ -39,7 +39,7 @@ class TrainParams:
     max_positions: int = 32768
     seq_len: int = 1024
     batch: int = 4
-    steps: int = 400
+    steps: int = 1000
     lr: float = 2e-3
     warmup: int = 20
     weight_decay: float = 0.1

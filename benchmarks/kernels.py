@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from localattn_kernels import cpu, layout
 
 RESULTS = Path(__file__).resolve().parent / "results"

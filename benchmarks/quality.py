@@ -8,7 +8,7 @@ process (the plugin reads its configuration once per process).
 
 Target: window+sinks+calibrated globals within 5% of full attention's perplexity; window-only visibly worse.
 
-    .venv/bin/python benchmarks/quality.py [--window 16 64] [--sinks 4] [--budget 1]
+    .venv/bin/python benchmarks/quality.py [--window 16 64] [--sinks 4] [--budget 1 2]
 """
 
 from __future__ import annotations
@@ -125,15 +125,17 @@ def plot(panels: dict[int, dict[str, list[float]]], length: int, path: Path, sin
     fig.savefig(path, dpi=110)
 
 
-def configs_for(window: int, sinks: int, plan_file: Path, plan: dict) -> dict[str, dict]:
-    """The three local configurations for one window (full attention is shared across windows)."""
+def configs_for(window: int, sinks: int, plans: dict[int, tuple[Path, dict]]) -> dict[str, dict]:
+    """The local configurations for one window (full attention is shared across windows)."""
     base = {"windowSize": window, "globalLayers": {"indices": []}}
-    label = ",".join(map(str, plan["globalLayers"])) or "none"
-    return {
+    out: dict[str, dict] = {
         "window-only": {**base, "sinkTokens": 0},
         "window+sinks": {**base, "sinkTokens": sinks},
-        f"window+sinks+global[{label}]": {**base, "sinkTokens": sinks, "planFile": str(plan_file)},
     }
+    for plan_file, plan in plans.values():
+        label = ",".join(map(str, plan["globalLayers"])) or "none"
+        out[f"window+sinks+global[{label}]"] = {**base, "sinkTokens": sinks, "planFile": str(plan_file)}
+    return out
 
 
 def main() -> None:
@@ -141,7 +143,7 @@ def main() -> None:
     ap.add_argument("--model", help="model dir (default: the cached tiny trained model)")
     ap.add_argument("--window", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--sinks", type=int, default=4)
-    ap.add_argument("--budget", type=int, default=1, help="global layers chosen by calibration")
+    ap.add_argument("--budget", type=int, nargs="+", default=[1, 2], help="global layers chosen by calibration")
     ap.add_argument("--sequences", type=int, default=12)
     ap.add_argument("--length", type=int, default=1024)
     ap.add_argument("--png", default=str(RESULTS / "quality.png"))
@@ -156,7 +158,7 @@ def main() -> None:
     seqs = [[bos, *c] for c in golden.held_out_chunks(tok, args.sequences, args.length - 1, skip=8)]
     print(f"model {model}\n{len(seqs)} held-out sequences x {args.length} tokens; windows {args.window}, "
           f"sinks {args.sinks}, calibrated global layers: {args.budget}", flush=True)
-    plans: dict[int, dict] = {}
+    plans: dict[int, dict[int, tuple[Path, dict]]] = {}
     nll: dict[int, dict[str, list[list[float]]]] = {}
     with tempfile.TemporaryDirectory(prefix="localattn-quality-") as tmp:
         work = Path(tmp)
@@ -164,11 +166,13 @@ def main() -> None:
         ids_file.write_text(json.dumps(seqs))
         full = run_config("full", model, str(ids_file), None, work)
         for w in args.window:
-            plan = plans[w] = calibrate.calibrate(model, w, args.sinks, args.budget, samples=4, length=args.length)
-            print(calibrate.format_table(plan), flush=True)
-            plan_file = calibrate.write_plan(plan, work / f"plan-{w}.json")
+            plans[w] = {}
+            for k in args.budget:
+                plan = calibrate.calibrate(model, w, args.sinks, k, samples=4, length=args.length)
+                print(calibrate.format_table(plan), flush=True)
+                plans[w][k] = (calibrate.write_plan(plan, work / f"plan-{w}-{k}.json"), plan)
             nll[w] = {"full (stock vLLM)": full}
-            for i, (name, cfg) in enumerate(configs_for(w, args.sinks, plan_file, plan).items()):
+            for i, (name, cfg) in enumerate(configs_for(w, args.sinks, plans[w]).items()):
                 nll[w][name] = run_config(f"w{w}-c{i}", model, str(ids_file), cfg, work)
 
     stream = train.token_stream(tok, held_out=False)
@@ -190,7 +194,8 @@ def main() -> None:
     plot(panels, args.length, png, args.sinks)
     png.with_suffix(".json").write_text(json.dumps({
         "model": model, "sinks": args.sinks, "budget": args.budget, "sequences": len(seqs),
-        "length": args.length, "buckets": buckets(args.length), "plans": plans, "perplexity": panels,
+        "length": args.length, "buckets": buckets(args.length),
+        "plans": {w: {k: plan for k, (_, plan) in by_k.items()} for w, by_k in plans.items()}, "perplexity": panels,
         "overall": totals, "unigram": uni}, indent=1) + "\n")
     print(f"\nplot: {png}")
 

@@ -50,9 +50,10 @@ def mistral_copy(model: Path, out: Path) -> Path:
 
 def _select(config: dict[str, Any] | None) -> None:
     """Point vLLM's CPU_ATTN at our backend (with `config`) or at its own, in this process."""
-    from localattn_runtime import plugin
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
     from vllm.v1.attention.selector import _cached_get_attn_backend
+
+    from localattn_runtime import plugin
 
     if config is None:
         os.environ.pop("LOCALATTN_CONFIG_JSON", None)

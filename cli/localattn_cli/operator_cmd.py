@@ -10,6 +10,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     import kopf
+
     import localattn_operator.handlers  # noqa: F401  (registers the handlers)
     from localattn_operator import metrics
     from localattn_operator.handlers import SETTINGS

@@ -43,6 +43,10 @@ def local_layer_config(attn_module: Any, vllm_config: Any) -> LocalAttnConfig | 
     idx = layers.layer_index(attn_module.layer_name)
     if idx is None or cfg.is_global(idx, model_num_layers(vllm_config)):
         return None
+    kv_dtype = getattr(attn_module, "kv_cache_dtype", "auto")
+    if kv_dtype != "auto":  # checked when vLLM asks for the KV cache spec, i.e. at startup
+        raise NotImplementedError(f"localattn: local layers need an unquantized KV cache (kvCacheDtype auto), "
+                                  f"got {kv_dtype!r} for {attn_module.layer_name}")
     return cfg
 
 

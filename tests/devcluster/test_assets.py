@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from localattn_dev.assets import AssetsError, find_assets
 
 

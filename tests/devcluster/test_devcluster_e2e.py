@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from localattn_dev import procs
 from localattn_dev.controlplane import ClusterInfo, down, status, up
 from localattn_dev.testing import kubectl, kubectl_json, temp_namespace, wait_for

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+
 from localattn_dev import nodes as pure
 
 NOW = datetime(2026, 11, 29, 3, 0, 0, 123456, tzinfo=UTC)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from localattn_operator.crd import render_yaml
 
 CHART_DIR = Path(__file__).resolve().parents[2] / "helm" / "localattn"

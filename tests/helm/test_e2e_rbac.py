@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from localattn_dev import testing
 
 pytestmark = pytest.mark.e2e

@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+
 from localattn_kernels import cpu, cpu_native, layout
 from localattn_kernels.testing import PagedCase, make_case
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from localattn_kernels import layout
 from localattn_kernels.reference import local_mask
 

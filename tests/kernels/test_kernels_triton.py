@@ -13,6 +13,7 @@ from types import ModuleType
 
 import pytest
 import torch
+
 from localattn_kernels import layout
 from localattn_kernels.testing import PagedCase, make_case
 

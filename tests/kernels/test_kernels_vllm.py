@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from localattn_kernels import cpu
 from localattn_kernels.testing import make_case
 

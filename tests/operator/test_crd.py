@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from localattn_operator import crd
 
 ROOT = Path(__file__).resolve().parents[2]

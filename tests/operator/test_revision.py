@@ -4,6 +4,7 @@ import copy
 from typing import Any
 
 import pytest
+
 from localattn_operator.revision import revision_of
 from localattn_operator.validation import validate_spec
 

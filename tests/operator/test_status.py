@@ -3,6 +3,7 @@
 from datetime import UTC, datetime
 
 import pytest
+
 from localattn_operator.models import LocalAttnDeploymentStatus
 from localattn_operator.status import DeploymentState, Observation, PendingPod, compute
 

@@ -3,6 +3,7 @@
 from typing import Any
 
 import pytest
+
 from localattn_operator.validation import SpecError, parse_model_uri, validate_spec
 
 

@@ -35,10 +35,11 @@ def run_engines(job: dict[str, Any], out: Path, timeout: int = 900) -> dict[str,
 
 
 def _engine(model: str, spec: dict[str, Any]) -> dict[str, Any]:
-    from localattn_runtime import plugin
     from vllm import LLM, SamplingParams
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
     from vllm.v1.attention.selector import _cached_get_attn_backend
+
+    from localattn_runtime import plugin
 
     if spec.get("config") is None:
         os.environ.pop("LOCALATTN_CONFIG_JSON", None)

@@ -1,15 +1,19 @@
 """The attention backend on real vLLM (CPU), checked against stock vLLM and a torch/transformers reference.
 
-All engines of this module run once, in one subprocess (this file's `__main__`: vLLM spawns processes and
-registers plugins per process), in-process and sequentially, each with its own plugin configuration; the tests
+All engines of this module run once, in one subprocess (`_engines.py`: vLLM registers plugins per process and
+memoises its backend choice), in-process and sequentially, each with its own plugin configuration; the tests
 then assert on the recorded tokens and logprobs. fp32 so that "identical" means identical: in bf16 the random
 tiny model's top-2 logits are often closer than bf16 rounding (docs/runtime.md states the bf16 tolerance).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +63,7 @@ def masks(n: int, *, local_layers: set[int], window: int, sinks: int, first_loca
           num_layers: int = 4) -> list[Any]:
     """Per-layer [n, n] masks: full causal, or sink + window for rows >= first_local on local layers."""
     import torch
+
     from localattn_kernels.reference import local_mask
 
     causal = torch.ones(n, n, dtype=torch.bool).tril()
@@ -180,3 +185,22 @@ def test_min_context_length_switches_at_threshold(runs: dict[str, Any], tiny_ran
     assert abs(long_["prompt_logprobs"][MIN_CTX] - off_by_one[MIN_CTX]) > 1e-3
 
 
+
+
+FP8_SCRIPT = r"""
+import sys
+from vllm import LLM
+try:
+    LLM(sys.argv[1], enforce_eager=True, kv_cache_dtype="fp8", max_model_len=1024, distributed_executor_backend="uni")
+except NotImplementedError as e:
+    print("REFUSED:", e)
+"""
+
+
+def test_quantized_kv_cache_is_refused_at_startup(tiny_random_model: Path) -> None:
+    """Local kernels read the cache in the model dtype: an fp8 KV cache must fail when the engine starts."""
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
+           "LOCALATTN_CONFIG_JSON": json.dumps(LOCAL)}
+    proc = subprocess.run([sys.executable, "-c", FP8_SCRIPT, str(tiny_random_model)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert "REFUSED: localattn: local layers need an unquantized KV cache" in proc.stdout, proc.stderr[-3000:]

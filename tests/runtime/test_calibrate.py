@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from localattn_cli import calibrate as calibrate_cmd
 from localattn_runtime import config
 from localattn_runtime.calibrate import LayerMass, choose_global_layers, make_plan, outside_fraction

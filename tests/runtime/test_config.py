@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from localattn_runtime import config
 from localattn_runtime.config import ConfigError, GlobalLayers, LocalAttnConfig
 
@@ -116,10 +117,11 @@ def test_load_from_environment(tmp_path: Path) -> None:
 
 def test_register_twice_is_idempotent(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
-    from localattn_runtime import kv, plugin
     from vllm.v1.attention.backends.registry import AttentionBackendEnum
     from vllm.v1.kv_cache_interface import FullAttentionSpec
     from vllm.v1.kv_cache_spec_registry import KVCacheSpecRegistry
+
+    from localattn_runtime import kv, plugin
 
     monkeypatch.setenv("LOCALATTN_CONFIG_JSON", json.dumps({"windowSize": 64}))
     monkeypatch.setattr(plugin, "_state", {})
@@ -160,6 +162,7 @@ def test_bad_environment_fails_register(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_installed_vllm_is_supported() -> None:
     import vllm
+
     from localattn_runtime import plugin
 
     assert plugin.vllm_supported(vllm.__version__), vllm.__version__

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from localattn_runtime import layers
 
 # The shared engine runner (a script as well as a module; loaded by path under --import-mode=importlib).
@@ -21,7 +22,7 @@ BS = 32  # CPU block sizes are multiples of 32; small blocks make the accounting
 W, S = 64, 40  # 40 sinks span two blocks: ceil(S / BS) = 2 blocks must be kept
 PROMPT, GEN = 1000, 40
 CHUNK = 256  # max_num_batched_tokens: the long prompts are prefilled in chunks, freeing as they go
-N_SEQS, SEQ_PROMPT, SEQ_GEN = 16, 1000, 96
+N_SEQS, SEQ_PROMPT, SEQ_GEN = 14, 700, 96
 # KV budget: exactly 4 full-attention sequences of SEQ_PROMPT + SEQ_GEN tokens (4 layers x 2 KV heads x 32 dims,
 # K and V, fp32 = 2 KiB per token).
 BYTES_PER_TOKEN = 4 * 2 * 32 * 2 * 4
@@ -103,4 +104,4 @@ def test_fixed_budget_holds_more_long_sequences(runs: dict[str, Any]) -> None:
     got_stock, got_local = _max_decoding(stock), _max_decoding(local)
     print(f"concurrent decoding sequences: stock {got_stock}, local {got_local}; expected factor {expected:.2f}")
     assert got_stock <= 4
-    assert got_local >= int(got_stock * expected * 0.9)  # measured: 4 -> 12 for an expected 2.98x
+    assert got_local >= int(got_stock * expected * 0.9)  # measured: 4 -> 10 for an expected 2.70x

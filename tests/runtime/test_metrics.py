@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
-from localattn_runtime import config, metrics
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+from localattn_runtime import config, metrics
 
 
 @pytest.fixture()

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from localattn_runtime import golden, probe
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -96,8 +97,9 @@ def test_probe_publishes_quality_gauges_on_vllm_metrics(server: str, tiny_traine
 
 def _hf_perplexity(model_dir: Path, texts: list[str]) -> float:
     import torch
-    from localattn_runtime import tinymodel
     from transformers import AutoModelForCausalLM
+
+    from localattn_runtime import tinymodel
 
     tok = tinymodel.load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
+
 from localattn_cli import model as model_cmd
 from localattn_runtime import tinymodel
 
@@ -62,8 +63,9 @@ def test_trained_model_learned_code_and_uses_long_context(tiny_trained_model: Pa
     from collections import Counter
 
     import torch
-    from localattn_runtime import golden
     from transformers import AutoModelForCausalLM
+
+    from localattn_runtime import golden
 
     tok = tinymodel.load_tokenizer(tiny_trained_model)
     seqs = torch.tensor([[0, *c] for c in golden.held_out_chunks(tok, 4, 1023, skip=40)])

@@ -2,6 +2,9 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
+# The venv is shared between checkouts (content-keyed cache); this checkout's sources win on the path, in
+# every process make starts (tests, their subprocesses, `vllm serve`, the operator).
+export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/runtime:$(CURDIR)/kernels:$(CURDIR)/devcluster:$(CURDIR)/cli
 
 .PHONY: setup venv control-plane test test-fast lint crd demo demo-down clean-dev
 

@@ -29,8 +29,15 @@ else
   echo "started (pid $!, log $state/operator.log)"
 fi
 
-step "kubectl apply -f examples/model-pvc.yaml -f examples/deployment.yaml"
-kubectl apply -f examples/model-pvc.yaml -f examples/deployment.yaml
+step "the model volume: kubectl apply -f examples/model-pvc.yaml"
+kubectl apply -f examples/model-pvc.yaml
+for _ in $(seq 60); do
+  [ "$(kubectl get pvc models -o jsonpath='{.status.phase}')" = Bound ] && break
+  sleep 0.5
+done
+
+step "kubectl apply -f examples/deployment.yaml"
+kubectl apply -f examples/deployment.yaml
 echo "waiting for the LocalAttnDeployment to become Ready..."
 kubectl wait --for condition=Ready --timeout=120s lad/tiny-llama
 

@@ -184,6 +184,17 @@ class TreeCollector:
         return [m for m in metrics if m.name.startswith("localattn_")]
 
 
+def prune_dead(directory: Path) -> int:
+    """Delete files of processes that no longer exist (they never count); returns how many."""
+    removed = 0
+    for f in glob.glob(str(directory / "*.db")):
+        pid = Path(f).stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            Path(f).unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def register_collector() -> None:
     """Add the tree collector to the global registry once (vLLM's registry when it is not multiprocess)."""
     global _collector_registered
@@ -191,6 +202,7 @@ def register_collector() -> None:
         return
     from prometheus_client import REGISTRY
 
+    prune_dead(metrics_dir())  # our own directory: keeps a long-lived default dir from filling up
     REGISTRY.register(TreeCollector())  # type: ignore[arg-type]
     _collector_registered = True
 

@@ -149,7 +149,8 @@ def test_more_gpus_than_any_node_has_reports_pending(k8s, operator, namespace) -
                           runtime={"resources": {"limits": {"nvidia.com/gpu": 64}, "requests": {"nvidia.com/gpu": 64}},
                                    "tensorParallelSize": 8})
     k8s.apply(namespace, hungry)
-    lad = k8s.wait_lad(namespace, "hungry", lambda s: s.get("pendingReplicas", 0) >= 1)
+    # the scheduler's verdict reaches the status once it has tried: wait for it to be reported
+    lad = k8s.wait_lad(namespace, "hungry", lambda s: s.get("pendingReplicas", 0) >= 1 and "nvidia.com/gpu" in str(s))
     status = lad["status"]
     assert status["phase"] == "Pending" and status["readyReplicas"] == 0
     degraded = {c["type"]: c for c in status["conditions"]}["Degraded"]

@@ -50,7 +50,9 @@ def test_counter_from_a_child_process_is_served_by_the_parent(registry: Collecto
     finally:
         done.set()
         child.join(30)
-    # a dead process's file no longer counts (its server is gone with it)
+    # a dead process's file no longer counts (its server is gone with it), and pruning removes it
+    assert _scrape(registry)["localattn_kv_blocks_freed_total"] == 1.0
+    assert metrics.prune_dead(Path(os.environ["LOCALATTN_METRICS_DIR"])) == 1
     assert _scrape(registry)["localattn_kv_blocks_freed_total"] == 1.0
 
 

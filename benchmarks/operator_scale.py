@@ -155,7 +155,10 @@ def main() -> int:
         return 0 if len(ready) == args.count else 1
     finally:
         os.killpg(operator.pid, signal.SIGTERM)
-        operator.wait(timeout=30)
+        try:
+            operator.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(operator.pid, signal.SIGKILL)
         subprocess.run([*kubectl, "delete", "namespace", args.namespace, "--wait=false"], capture_output=True)
 
 

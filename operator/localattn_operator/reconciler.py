@@ -64,12 +64,14 @@ class Reconciler:
     async def _delayed(self, key: Key) -> None:
         try:
             await asyncio.sleep(self._coalesce)
+        finally:
+            # Forget this task before reconciling, so that triggers arriving during the pass schedule the
+            # next one; popping afterwards would drop that newer entry and let duplicates pile up.
             self._scheduled.pop(key, None)
+        try:
             await self.reconcile(*key)
         except Exception:
             log.exception("reconcile of %s/%s failed; the periodic resync will retry", *key)
-        finally:
-            self._scheduled.pop(key, None)
 
     def reconcile_now(self, namespace: str, name: str) -> None:
         cluster = self._cluster

@@ -138,6 +138,9 @@ def _model_args_and_volumes(
     return model, args, volumes, mounts, env
 
 
+ATTENTION_BACKEND_FLAG = "--attention-backend"
+
+
 def vllm_args(spec: LocalAttnDeploymentSpec, model: str, source_args: list[str]) -> list[str]:
     runtime, memory = spec.runtime, spec.memory
     args = [
@@ -156,6 +159,10 @@ def vllm_args(spec: LocalAttnDeploymentSpec, model: str, source_args: list[str])
         args += ["--cpu-offload-gb", str(memory.cpu_offload_gb)]
     if memory.swap_space_gb:
         args += ["--kv-offloading-size", str(memory.swap_space_gb)]
+    if spec.local_attention.enabled and not any(a.split("=")[0] == ATTENTION_BACKEND_FLAG for a in runtime.extra_args):
+        # On GPU vLLM only uses the plugin's backend when asked for CUSTOM; on CPU it logs that CUSTOM is not a
+        # CPU backend and asks for CPU_ATTN, which the plugin has replaced. So the flag is right on both.
+        args += [ATTENTION_BACKEND_FLAG, "CUSTOM"]
     return args + source_args + list(runtime.extra_args)
 
 

@@ -106,6 +106,11 @@ def cross_field_problems(spec: LocalAttnDeploymentSpec) -> list[str]:
                 f"spec.localAttention.minContextLength ({local.min_context_length}) exceeds "
                 f"spec.runtime.maxModelLen ({max_len}): local attention would never be used"
             )
+    if local.enabled and spec.memory.kv_cache_dtype.startswith("fp8"):
+        problems.append(
+            f"spec.memory.kvCacheDtype ({spec.memory.kv_cache_dtype}): the local-attention kernels read an "
+            "unquantized KV cache; use auto, bfloat16 or float16, or set spec.localAttention.enabled: false"
+        )
     rule = local.global_layers
     if rule.indices is not None and rule.every is not None:
         problems.append("spec.localAttention.globalLayers: set either indices or every, not both")

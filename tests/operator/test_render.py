@@ -26,7 +26,7 @@ RAW: dict[str, Any] = {
         "env": [{"name": "A", "value": "1"}, {"name": "TOKEN", "secretKeyRef": {"name": "s", "key": "k"}}],
     },
     "localAttention": {"windowSize": 512, "sinkTokens": 4, "globalLayers": {"every": 4, "offset": 1}},
-    "memory": {"kvCacheDtype": "fp8", "cpuOffloadGB": 4, "swapSpaceGB": 8},
+    "memory": {"kvCacheDtype": "bfloat16", "cpuOffloadGB": 4, "swapSpaceGB": 8},
     "replicas": 3,
 }
 
@@ -51,7 +51,7 @@ def test_pod_template() -> None:
     args = container["args"]
     assert args[0] == "/models/llama/v1"
     for flag, value in [
-        ("--tensor-parallel-size", "2"), ("--max-model-len", "8192"), ("--kv-cache-dtype", "fp8"),
+        ("--tensor-parallel-size", "2"), ("--max-model-len", "8192"), ("--kv-cache-dtype", "bfloat16"), ("--attention-backend", "CUSTOM"),
         ("--cpu-offload-gb", "4.0"), ("--kv-offloading-size", "8.0"), ("--served-model-name", "llama"),
     ]:
         assert args[args.index(flag) + 1] == value
@@ -106,3 +106,17 @@ def test_s3_uses_streamer_and_mounted_credentials() -> None:
     args = pod["containers"][0]["args"]
     assert args[0] == "s3://bucket/prefix" and "runai_streamer" in args
     assert any(v.get("secret", {}).get("secretName") == "aws" for v in pod["volumes"])
+
+
+def test_attention_backend_flag_follows_local_attention() -> None:
+    """GPU vLLM runs the plugin's attention only with `--attention-backend CUSTOM`; a user's own choice wins."""
+
+    def args(raw: dict[str, Any]) -> list[str]:
+        return list(children(raw)["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"])
+
+    assert args(RAW).count("--attention-backend") == 1
+    disabled = {**RAW, "localAttention": {"enabled": False}}
+    assert "--attention-backend" not in args(disabled)
+    own = {**RAW, "runtime": {**RAW["runtime"], "extraArgs": ["--attention-backend=FLASH_ATTN"]}}
+    rendered = args(own)
+    assert "--attention-backend" not in rendered and rendered[-1] == "--attention-backend=FLASH_ATTN"

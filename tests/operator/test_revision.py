@@ -47,7 +47,7 @@ def test_replicas_do_not_change_it() -> None:
         ("runtime", "image", "localattn/vllm-runtime:0.2.0"),
         ("runtime", "maxModelLen", 4096),
         ("model", "uri", "pvc://models/llama-v2"),
-        ("memory", "kvCacheDtype", "fp8"),
+        ("memory", "kvCacheDtype", "bfloat16"),
     ],
 )
 def test_pod_affecting_fields_change_it(section: str, field: str, value: Any) -> None:

@@ -83,3 +83,10 @@ def test_env_needs_exactly_one_source() -> None:
 def test_every_problem_is_reported_at_once() -> None:
     msg = problems(spec(model={"uri": "ftp://x"}, localAttention={"windowSize": 9000, "globalLayers": {"indices": [-1]}}))
     assert "spec.model.uri" in msg and "windowSize" in msg and "negative" in msg
+
+
+def test_quantized_kv_cache_needs_local_attention_off() -> None:
+    msg = problems(spec(memory={"kvCacheDtype": "fp8_e5m2"}))
+    assert "spec.memory.kvCacheDtype (fp8_e5m2)" in msg and "unquantized" in msg
+    validate_spec(spec(memory={"kvCacheDtype": "fp8"}, localAttention={"enabled": False}))
+    validate_spec(spec(memory={"kvCacheDtype": "bfloat16"}))

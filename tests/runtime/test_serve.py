@@ -1,6 +1,7 @@
-"""`vllm serve` (the real CLI, a subprocess on a free loopback port) with the plugin configured by environment,
-as the operator's pod runs it: the OpenAI endpoints answer, /metrics carries vLLM's and our metrics, bad plugin
-configuration fails fast naming the field, and an over-long prompt is a 400."""
+"""`vllm serve` (the real CLI, a subprocess on a free loopback port) run exactly as the operator's pod runs it:
+the command-line flags and the plugin's config file are the ones the operator renders for a LocalAttnDeployment
+(model path, host and port swapped for local ones). The OpenAI endpoints answer, /metrics carries vLLM's and
+our metrics, bad plugin configuration fails fast naming the field, and an over-long prompt is a 400."""
 
 from __future__ import annotations
 
@@ -22,8 +23,23 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 MAX_LEN = 1024
 WINDOW, SINKS = 64, 4
-CONFIG: dict[str, Any] = {"windowSize": WINDOW, "sinkTokens": SINKS, "globalLayers": {"indices": [0]}}
+SPEC: dict[str, Any] = {
+    "model": {"uri": "pvc://models/tiny", "servedModelName": "tiny"},
+    "runtime": {"maxModelLen": MAX_LEN, "extraArgs": ["--enforce-eager", "--no-enable-prefix-caching"]},
+    "localAttention": {"windowSize": WINDOW, "sinkTokens": SINKS, "globalLayers": {"indices": [0]}},
+}
 VLLM = str(Path(sys.executable).with_name("vllm"))
+
+
+def _rendered() -> tuple[list[str], str]:
+    """The operator's `vllm serve` arguments and `localattn.json` for SPEC."""
+    from localattn_operator.render import Owner, render_children
+    from localattn_operator.validation import validate_spec
+
+    kids = {c["kind"]: c for c in render_children(Owner("tiny", "default", "uid"), validate_spec(SPEC))}
+    (container,) = kids["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["vllm", "serve"]
+    return list(container["args"]), str(kids["ConfigMap"]["data"]["localattn.json"])
 
 
 def _free_port() -> int:
@@ -39,8 +55,11 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _serve_args(model: Path, port: int) -> list[str]:
-    return [VLLM, "serve", str(model), "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
-            "--max-model-len", str(MAX_LEN), "--served-model-name", "tiny", "--no-enable-prefix-caching"]
+    args = _rendered()[0]
+    args[0] = str(model)
+    args[args.index("--host") + 1] = "127.0.0.1"
+    args[args.index("--port") + 1] = str(port)
+    return [VLLM, "serve", *args]
 
 
 def _http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, str]:
@@ -57,7 +76,7 @@ def _http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[in
 def server(tiny_random_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("serve")
     cfg_file = tmp / "localattn.json"  # what the operator's ConfigMap mounts
-    cfg_file.write_text(json.dumps(CONFIG))
+    cfg_file.write_text(_rendered()[1])
     port = _free_port()
     log = (tmp / "serve.log").open("w")
     proc = subprocess.Popen(_serve_args(tiny_random_model, port), env=_env(LOCALATTN_CONFIG=str(cfg_file)),

@@ -13,7 +13,7 @@ Registered over `CPU_ATTN` (vLLM on CPU asks for that name whatever `--attention
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from vllm import _custom_ops as ops
@@ -26,10 +26,7 @@ from vllm.v1.attention.backends.cpu_attn import (
 )
 
 from localattn_runtime import layers
-from localattn_runtime.dispatch import active_config, local_layer_config, model_num_layers, split_queries
-
-if TYPE_CHECKING:
-    from localattn_runtime.config import LocalAttnConfig
+from localattn_runtime.dispatch import LocalLayerMixin, active_config, model_num_layers, split_queries
 
 
 @dataclass
@@ -94,27 +91,14 @@ class LocalAttnMetadataBuilder(CPUAttentionMetadataBuilder):
         return meta
 
 
-class LocalAttnImpl(CPUAttentionBackendImpl):
+class LocalAttnImpl(LocalLayerMixin, CPUAttentionBackendImpl):
     """Stock CPU attention on global layers; sink + window attention on local ones."""
 
-    localattn_impl = True  # marks our impls for `dispatch.local_layer_config`
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        from vllm.config import get_current_vllm_config
-
-        self._vllm_config = get_current_vllm_config()  # set while the model is built, not during forward
-        self._local: bool | None = None
-        self._cfg: LocalAttnConfig | None = None
-
-    def _is_local(self, layer: Any) -> bool:
-        if self._local is None:
-            self._cfg = local_layer_config(layer, self._vllm_config)
-            self._local = self._cfg is not None
-            if self._local and self.is_fp8_kv_cache:
-                raise NotImplementedError("localattn: local layers on CPU need an unquantized KV cache "
-                                          "(kvCacheDtype auto); fp8 is not supported by the CPU local kernel")
-        return self._local
+    def _unsupported_kv_cache(self) -> str | None:
+        if self.is_fp8_kv_cache:
+            return ("localattn: local layers on CPU need an unquantized KV cache (kvCacheDtype auto); "
+                    "fp8 is not supported by the CPU local kernel")
+        return None
 
     def forward(self, layer: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor, attn_metadata: Any, output: torch.Tensor,

@@ -3,7 +3,8 @@
 Registered as `CUSTOM` and chosen with `--attention-backend CUSTOM`. Global layers (and steps where every query
 attends fully) run vLLM's Triton kernel unchanged. On a local layer, `localattn_kernels.triton` computes the
 locally-attending queries; the queries still below minContextLength go through the same kernel with a window
-longer than any sequence and no sinks, which is exactly causal full attention.
+longer than any sequence and no sinks, which is exactly causal full attention. That forward syncs with the host,
+so the backend's builder keeps attention out of CUDA graphs (`LocalAttnTritonMetadataBuilder`).
 
 Status: written against vLLM 0.32's `triton_attn.py`; the kernels are tested under `TRITON_INTERPRET=1` and
 `local_forward` below on CPU tensors, but the backend as a whole has not run on a GPU here (none was available).
@@ -11,12 +12,17 @@ Status: written against vLLM 0.32's `triton_attn.py`; the kernels are tested und
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from vllm.v1.attention.backends.triton_attn import TritonAttentionBackend, TritonAttentionImpl
+from vllm.v1.attention.backend import AttentionCGSupport
+from vllm.v1.attention.backends.triton_attn import (
+    TritonAttentionBackend,
+    TritonAttentionImpl,
+    TritonAttentionMetadataBuilder,
+)
 
-from localattn_runtime.dispatch import local_layer_config, split_queries
+from localattn_runtime.dispatch import LocalLayerMixin, split_queries
 
 if TYPE_CHECKING:
     from localattn_runtime.config import LocalAttnConfig
@@ -47,24 +53,33 @@ def local_forward(query: torch.Tensor, key_cache: torch.Tensor, value_cache: tor
         out.index_copy_(0, part.index, o)
 
 
-class LocalAttnTritonImpl(TritonAttentionImpl):
-    localattn_impl = True  # marks our impls for `dispatch.local_layer_config`
+class LocalAttnTritonMetadataBuilder(TritonAttentionMetadataBuilder):
+    """vLLM's Triton metadata builder, declaring that our forward cannot be captured in a CUDA graph.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        from vllm.config import get_current_vllm_config
+    vLLM's Triton builder says ALWAYS, so under the default cudagraph mode (FULL_AND_PIECEWISE) vLLM would
+    capture decode steps in one FULL graph, attention included. A local layer's forward reads the step's
+    shape on the host (`int(query_start_loc[-1])`, and `split_queries`: sums, `nonzero`, maxima) and
+    launches kernels whose grids and minContextLength split follow from those values: inside stream
+    capture the syncs fail, and even without them a replayed graph would keep the split and grids of the
+    captured step while the batch's seq_lens move on. UNIFORM_SINGLE_TOKEN_DECODE (the next level up) still
+    captures decode-only steps whole, so it is not safe either; NEVER is the highest level that is.
+    vLLM then downgrades FULL_AND_PIECEWISE to PIECEWISE (logging a warning that names this backend and
+    "support: AttentionCGSupport.NEVER"): the layers between attention ops still run as captured pieces,
+    attention runs eagerly between them. An explicit FULL / FULL_DECODE_ONLY mode is refused at startup by
+    vLLM with a ValueError.
+    """
 
-        self._vllm_config = get_current_vllm_config()
-        self._local: bool | None = None
-        self._cfg: LocalAttnConfig | None = None
+    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.NEVER
 
-    def _is_local(self, layer: Any) -> bool:
-        if self._local is None:
-            self._cfg = local_layer_config(layer, self._vllm_config)
-            self._local = self._cfg is not None
-            if self._local and self.kv_cache_dtype != "auto":
-                raise NotImplementedError("localattn: local layers need an unquantized KV cache (kvCacheDtype auto)")
-        return self._local
+
+class LocalAttnTritonImpl(LocalLayerMixin, TritonAttentionImpl):
+    def _unsupported_kv_cache(self) -> str | None:
+        from vllm.utils.torch_utils import is_quantized_kv_cache
+
+        if is_quantized_kv_cache(self.kv_cache_dtype):
+            return (f"localattn: local layers need an unquantized KV cache (kvCacheDtype auto, bfloat16 or float16), "
+                    f"got {self.kv_cache_dtype}")
+        return None
 
     def forward(self, layer: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor, attn_metadata: Any, output: torch.Tensor,
@@ -93,3 +108,7 @@ class LocalAttnTritonBackend(TritonAttentionBackend):
     @staticmethod
     def get_impl_cls() -> type[LocalAttnTritonImpl]:
         return LocalAttnTritonImpl
+
+    @staticmethod
+    def get_builder_cls() -> type[LocalAttnTritonMetadataBuilder]:
+        return LocalAttnTritonMetadataBuilder

@@ -1,8 +1,9 @@
-"""What runs where, shared by the CPU and GPU backends: is a vLLM attention layer local, and which of a step's
-queries attend locally (the per-token minContextLength rule of `layers`, applied to a batch)."""
+"""What runs where, shared by the CPU and GPU backends: is a vLLM attention layer local (`LocalLayerMixin`), and
+which of a step's queries attend locally (the per-token minContextLength rule of `layers`, applied to a batch)."""
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,38 @@ def local_layer_config(attn_module: Any, vllm_config: Any) -> LocalAttnConfig | 
         raise NotImplementedError(f"localattn: local layers need an unquantized KV cache (kvCacheDtype auto), "
                                   f"got {kv_dtype!r} for {attn_module.layer_name}")
     return cfg
+
+
+class LocalLayerMixin:
+    """Lazy "is this layer local?" for our attention impls; list it before vLLM's impl class in the bases.
+
+    vLLM builds an impl before the impl knows its layer, so the answer is resolved at the first forward (which
+    passes the layer) and memoised. The vLLM config is captured at construction: `get_current_vllm_config()`
+    is only set while the model is built, not during forward.
+    """
+
+    localattn_impl = True  # marks our impls for `local_layer_config`
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from vllm.config import get_current_vllm_config
+
+        self._vllm_config = get_current_vllm_config()
+        self._local: bool | None = None
+        self._cfg: LocalAttnConfig | None = None
+
+    @abstractmethod
+    def _unsupported_kv_cache(self) -> str | None:
+        """Why this impl's KV cache cannot serve local layers (a quantised cache), or None: per backend."""
+
+    def _is_local(self, layer: Any) -> bool:
+        if self._local is None:
+            self._cfg = local_layer_config(layer, self._vllm_config)
+            self._local = self._cfg is not None
+            reason = self._unsupported_kv_cache() if self._local else None
+            if reason is not None:
+                raise NotImplementedError(reason)
+        return self._local
 
 
 @dataclass

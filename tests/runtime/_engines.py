@@ -79,6 +79,7 @@ def _engine(model: str, spec: dict[str, Any]) -> dict[str, Any]:
         result["kv_bytes"] = kv_config.num_blocks * max(
             g.kv_cache_spec.page_size_bytes * len(g.layer_names) for g in groups)
         result["max_concurrency"] = get_max_concurrency_for_kv_cache_config(core.vllm_config, kv_config)
+        result["compilation_mode"] = core.vllm_config.compilation_config.mode.name  # NONE: eager
     finally:
         llm.llm_engine.engine_core.shutdown()
         del llm

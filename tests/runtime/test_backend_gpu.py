@@ -1,16 +1,16 @@
-"""The GPU backend's local-layer path (`backend_gpu.local_forward`: per-token split + Triton kernels) against the
-torch reference, under TRITON_INTERPRET=1 on CPU when no GPU is present. Runs in a fresh interpreter because
-Triton binds interpret mode at import. (The vLLM engine-level GPU run needs a GPU: see docs/runtime.md.)"""
+"""The GPU backend: its CUDA-graph declaration, and its local-layer path (`backend_gpu.local_forward`: per-token
+split + Triton kernels) against the torch reference, under TRITON_INTERPRET=1 on CPU when no GPU is present (in a
+fresh interpreter: Triton binds interpret mode at import). (The vLLM engine-level GPU run needs a GPU: see
+docs/runtime.md.)"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
-
-pytestmark = pytest.mark.slow
 
 SCRIPT = r"""
 import torch
@@ -40,6 +40,24 @@ print("ok")
 """
 
 
+def test_builder_keeps_local_forward_out_of_cuda_graphs() -> None:
+    """vLLM's Triton builder declares ALWAYS (decode captured in FULL graphs, attention included); ours must say
+    NEVER, so that vLLM downgrades to PIECEWISE and our host-syncing forward runs eagerly between the pieces."""
+    from vllm.v1.attention.backend import AttentionCGSupport
+    from vllm.v1.attention.backends.triton_attn import TritonAttentionMetadataBuilder
+
+    from localattn_runtime.backend_gpu import LocalAttnTritonBackend
+
+    builder = LocalAttnTritonBackend.get_builder_cls()
+    assert issubclass(builder, TritonAttentionMetadataBuilder)
+    assert builder is not TritonAttentionMetadataBuilder
+    # vLLM's model runner asks the builder class; neither class reads the config or the KV spec.
+    none: Any = None
+    assert builder.get_cudagraph_support(none, none) == AttentionCGSupport.NEVER
+    assert TritonAttentionMetadataBuilder.get_cudagraph_support(none, none) == AttentionCGSupport.ALWAYS
+
+
+@pytest.mark.slow
 def test_local_forward_matches_reference() -> None:
     import torch
 

@@ -1,10 +1,13 @@
-"""Decode attention on CPU vs context length: our sink + window path against vLLM's own kernels, side by side.
+"""Attention on CPU vs context length: our sink + window path against vLLM's own kernels, side by side.
 
-All methods read the same paged cache (vLLM's CPU layout, shuffled block table) in the same process, timed
-round-robin (min of repeats, so a busy machine hurts every column alike). Prints a table with ratios and writes
-``benchmarks/results/kernels_cpu.csv`` and ``.png``.
+Decode (one query per sequence) and prefill (a whole prompt of ``context`` tokens, the runtime benchmark's tiny
+model shape by default). All methods of a table read the same paged cache (vLLM's CPU layout, shuffled block
+table) in the same process, timed round-robin (min of repeats, so a busy machine hurts every column alike).
+Prints tables with ratios and writes ``benchmarks/results/kernels_cpu.csv`` / ``.png`` (decode) and
+``kernels_cpu_prefill.csv``. About 1.5 min with the defaults.
 
-    .venv/bin/python benchmarks/kernels.py [--contexts 1024 4096 16384 65536] [--window 512] [--sinks 4]
+    .venv/bin/python benchmarks/kernels.py [--contexts 1024 4096 16384 65536] [--prefill-contexts 4096 16384]
+        [--window 512] [--sinks 4] [--threads 1]
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
-from localattn_kernels import cpu, layout
+from localattn_kernels import cpu, cpu_native, layout
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("local", "vllm_full", "vllm_swa", "sdpa_dense")
+PREFILL_METHODS = ("native", "torch", "vllm_full", "vllm_swa")
 
 
 def _timer(fn: Callable[[], object], budget_s: float, min_reps: int = 3, max_reps: int = 200) -> list[float]:
@@ -106,11 +111,84 @@ def build(context: int, args: argparse.Namespace) -> dict[str, Callable[[], obje
     }
 
 
+def build_prefill(context: int, args: argparse.Namespace) -> dict[str, Callable[[], object]]:
+    """The four prefill calls (one request, ``context`` queries at positions ``0..context-1``) over one cache."""
+    from vllm import _custom_ops as ops
+
+    gen = torch.Generator().manual_seed(context + 1)
+    dtype, bs = torch.bfloat16, args.block_size
+    hq, hkv, d = args.prefill_heads, args.prefill_kv_heads, args.prefill_head_size
+    blocks = math.ceil(context / bs)
+    kv = torch.randn(layout.kv_cache_shape(blocks, hkv, bs, d), generator=gen).to(dtype)
+    key_cache, value_cache = layout.split_kv_cache(kv)
+    block_table = torch.randperm(blocks, generator=gen).view(1, blocks).to(torch.int32)
+    seq_lens = torch.tensor([context], dtype=torch.int32)
+    qsl = torch.tensor([0, context], dtype=torch.int32)
+    query = torch.randn(context, hq, d, generator=gen).to(dtype)
+    out = torch.empty_like(query)
+    scale = d**-0.5
+
+    def vllm(window: int) -> Callable[[], object]:
+        meta = ops.cpu_attn_get_scheduler_metadata(
+            1, hq, hkv, d, seq_lens, dtype, qsl, True, window, "vec", False
+        )
+        return lambda: ops.cpu_attention_with_kv_cache(
+            query, key_cache, value_cache, out, qsl, seq_lens, scale, True, None, window, block_table, 0.0, meta,
+            None,
+        )  # fmt: skip
+
+    def local() -> object:
+        return cpu.paged_local_attention(
+            query, key_cache, value_cache, block_table=block_table, seq_lens=seq_lens, query_start_loc=qsl,
+            window=args.window, sinks=args.sinks, scale=scale, out=out,
+        )  # fmt: skip
+
+    def torch_tiles() -> object:
+        with mock.patch.object(cpu_native, "supports", return_value=False):
+            return local()
+
+    if not cpu_native.available():
+        raise SystemExit("the fused CPU kernels did not build (no C compiler?): nothing to compare")
+    return {"native": local, "torch": torch_tiles, "vllm_full": vllm(-1), "vllm_swa": vllm(args.window)}
+
+
+def _table(cols: list[str], rows: list[list[object]]) -> None:
+    print("  ".join(f"{c:>13}" for c in cols))
+    for vals in rows:
+        print("  ".join(f"{v:>13.3f}" if isinstance(v, float) else f"{v:>13}" for v in vals))
+
+
+def _prefill(args: argparse.Namespace, machine: str) -> list[dict[str, float]]:
+    rows = []
+    for context in args.prefill_contexts:
+        calls = build_prefill(context, args)
+        times = {m: _timer(calls[m], args.budget, min_reps=2) for m in PREFILL_METHODS}
+        rows.append(
+            {"context": context, **{f"{m}_ms": round(min(times[m]) * 1e3, 2) for m in PREFILL_METHODS}}
+        )
+        del calls
+    print(
+        f"prefill of one {args.prefill_heads} heads / {args.prefill_kv_heads} KV heads, d={args.prefill_head_size} "
+        f"prompt, bf16, block {args.block_size}, W={args.window}, S={args.sinks}, {torch.get_num_threads()} "
+        f"threads, {machine}; per layer, min of repeats"
+    )
+    _table(
+        ["context", "native ms", "torch ms", "vLLM full ms", "vLLM SWA ms", "full/native", "torch/native",
+         "native/SWA"],
+        [
+            [r["context"], r["native_ms"], r["torch_ms"], r["vllm_full_ms"], r["vllm_swa_ms"],
+             r["vllm_full_ms"] / r["native_ms"], r["torch_ms"] / r["native_ms"], r["native_ms"] / r["vllm_swa_ms"]]
+            for r in rows
+        ],
+    )  # fmt: skip
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
+    parser.add_argument("--contexts", type=int, nargs="*", default=[1024, 4096, 16384, 65536])
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--sinks", type=int, default=4)
     parser.add_argument("--heads", type=int, default=32)
@@ -118,6 +196,10 @@ def main() -> int:
     parser.add_argument("--head-size", type=int, default=128)
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--prefill-contexts", type=int, nargs="*", default=[4096, 16384])
+    parser.add_argument("--prefill-heads", type=int, default=8)
+    parser.add_argument("--prefill-kv-heads", type=int, default=2)
+    parser.add_argument("--prefill-head-size", type=int, default=32)
     parser.add_argument("--budget", type=float, default=1.5, help="seconds of timing per method and context")
     parser.add_argument(
         "--threads", type=int, default=1,
@@ -128,6 +210,25 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    machine = f"{platform.processor() or platform.machine()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.contexts:
+        _decode(args, machine)
+    if args.prefill_contexts:
+        rows = _prefill(args, machine)
+        _write_csv(rows, args.out / "kernels_cpu_prefill.csv")
+        print(f"wrote {args.out / 'kernels_cpu_prefill.csv'}")
+    return 0
+
+
+def _write_csv(rows: list[dict[str, float]], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _decode(args: argparse.Namespace, machine: str) -> None:
     rows = []
     for context in args.contexts:
         calls = build(context, args)
@@ -135,39 +236,24 @@ def main() -> int:
         best = {m: min(t) * 1e3 for m, t in times.items()}
         rows.append({"context": context, **{f"{m}_ms": round(best[m], 4) for m in METHODS}})
         del calls
-
     header = (
         f"decode, batch {args.batch}, {args.heads} heads / {args.kv_heads} KV heads, d={args.head_size}, bf16, "
         f"block {args.block_size}, W={args.window}, S={args.sinks}, {torch.get_num_threads()} threads, "
-        f"{platform.processor() or platform.machine()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; min of repeats"
+        f"{machine}; min of repeats"
     )
     print(header)
-    cols = [
-        "context",
-        "local ms",
-        "vLLM full ms",
-        "vLLM SWA ms",
-        "SDPA dense ms",
-        "full/local",
-        "local/SWA",
-        "SDPA/local",
-    ]
-    print("  ".join(f"{c:>13}" for c in cols))
-    for r in rows:
-        vals = [
-            r["context"], r["local_ms"], r["vllm_full_ms"], r["vllm_swa_ms"], r["sdpa_dense_ms"],
-            r["vllm_full_ms"] / r["local_ms"], r["local_ms"] / r["vllm_swa_ms"], r["sdpa_dense_ms"] / r["local_ms"],
-        ]  # fmt: skip
-        print("  ".join(f"{v:>13.3f}" if isinstance(v, float) else f"{v:>13}" for v in vals))
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "kernels_cpu.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    _table(
+        ["context", "local ms", "vLLM full ms", "vLLM SWA ms", "SDPA dense ms", "full/local", "local/SWA",
+         "SDPA/local"],
+        [
+            [r["context"], r["local_ms"], r["vllm_full_ms"], r["vllm_swa_ms"], r["sdpa_dense_ms"],
+             r["vllm_full_ms"] / r["local_ms"], r["local_ms"] / r["vllm_swa_ms"], r["sdpa_dense_ms"] / r["local_ms"]]
+            for r in rows
+        ],
+    )  # fmt: skip
+    _write_csv(rows, args.out / "kernels_cpu.csv")
     _plot(rows, header, args.out / "kernels_cpu.png")
     print(f"wrote {args.out / 'kernels_cpu.csv'} and {args.out / 'kernels_cpu.png'}")
-    return 0
 
 
 def _plot(rows: list[dict[str, float]], title: str, path: Path) -> None:

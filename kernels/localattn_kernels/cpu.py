@@ -2,14 +2,17 @@
 
 Why this shape: on CPU the cost of attention is the bytes of K/V read. Each query row only needs the sink
 blocks and the blocks overlapping its window, so we gather exactly those through the block table (decode: one
-gather for the whole batch of decode rows; prefill: one gather per query tile covering sinks and
+gather for the whole batch of decode rows; prefill: per query tile, the S sink tokens and the window tokens
 ``[tile_start - W + 1, tile_end]``) and run small fp32 matmuls / SDPA on the gathered set. Cost is
-``O(W + S)`` per query, independent of the context length. Decode rows go to the fused C kernel of
-:mod:`localattn_kernels.cpu_native` when it is available (same math, each byte read once). The cache is read
-in place (layout: see :mod:`localattn_kernels.layout`), never copied whole.
+``O(W + S)`` per query, independent of the context length. Decode and prefill rows go to the fused C kernels
+of :mod:`localattn_kernels.cpu_native` when they are available (same math, each byte read once per task); the
+torch code here is the fallback (AMX layout, fp16, block size 16, no compiler). The cache is read in place
+(layout: see :mod:`localattn_kernels.layout`), never copied whole.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +21,10 @@ from localattn_kernels import cpu_native
 from localattn_kernels.checks import check_lengths, check_paged_args
 from localattn_kernels.layout import CPU_ISAS, key_block_view, num_sink_blocks, packed_permutation
 
-#: Query rows per prefill tile: bounds the gathered window to W + S + tile keys.
-PREFILL_TILE = 256
+#: Query rows per torch prefill tile: bounds the gathered set to S + W + tile keys. Measured at 16k context
+#: (bf16, W=512, S=4, 8/2/32 and 4/4/64 heads/KV heads/head size, 1 and 2 threads): 192 beat 128, 256 and 384
+#: by 0-15 % (smaller tiles pay per-tile overhead, larger ones score more masked keys).
+PREFILL_TILE = 192
 
 
 def _gather_kt(key_cache: torch.Tensor, phys: torch.Tensor, isa: str) -> torch.Tensor:
@@ -100,6 +105,24 @@ def _decode(
     return torch.matmul(probs, v).view(rows, hq, d)
 
 
+def _token_range(
+    cache: torch.Tensor,
+    table_row: torch.Tensor,
+    k0: int,
+    k1: int,
+    gather: Callable[..., torch.Tensor],
+    isa: str,
+) -> torch.Tensor:
+    """Keys (``gather=_gather_kt``) or values of token positions ``[k0, k1)`` of one request as ``[H, n, D]``."""
+    bs = cache.shape[2]
+    b0 = k0 // bs
+    blocks = gather(cache, table_row[b0 : (k1 - 1) // bs + 1].long(), isa)  # [P, H, D, bs] or [P, H, bs, D]
+    if gather is _gather_kt:
+        blocks = blocks.transpose(-1, -2)
+    flat = blocks.transpose(0, 1).flatten(1, 2)  # [H, P*bs, D]
+    return flat[:, k0 - b0 * bs : k1 - b0 * bs]
+
+
 def _prefill_tile(
     query: torch.Tensor,
     key_cache: torch.Tensor,
@@ -112,26 +135,24 @@ def _prefill_tile(
     scale: float,
     isa: str,
 ) -> torch.Tensor:
-    """Queries at absolute positions ``first .. first+len-1`` of one request: ``[t, Hq, D]`` -> same."""
-    t, hq, d = query.shape
-    hkv, bs = key_cache.shape[1], key_cache.shape[2]
+    """Queries at absolute positions ``first .. first+len-1`` of one request: ``[t, Hq, D]`` -> same.
+
+    Reads the sink *tokens* ``[0, min(S, last+1))`` and the window ``[max(first - W + 1, S), last]`` (or one
+    range ``[0, last]`` when they touch); SDPA's ``enable_gqa`` shares each KV head with its query heads.
+    """
+    t = query.shape[0]
     last = first + t - 1
-    logical, _ = _block_plan(
-        torch.tensor([last]), torch.tensor([first]), window=window, sinks=sinks, block_size=bs
-    )
-    logical = logical[0]
-    phys = table_row[logical].long()
-    n = logical.shape[0]
-    pos = (logical[:, None] * bs + torch.arange(bs)).view(n * bs)
+    lo = max(first - window + 1, 0)
+    parts = [(0, last + 1)] if lo <= sinks else [(0, sinks), (lo, last + 1)]  # one range when they touch
+    parts = [(a, b) for a, b in parts if a < b]  # S = 0: no sink range
+    k = torch.cat([_token_range(key_cache, table_row, a, b, _gather_kt, isa) for a, b in parts], dim=1)
+    v = torch.cat([_token_range(value_cache, table_row, a, b, _gather_v, isa) for a, b in parts], dim=1)
+    pos = torch.cat([torch.arange(a, b) for a, b in parts])
     qpos = torch.arange(first, last + 1)[:, None]
     allowed = (pos <= qpos) & ((pos < sinks) | (pos > qpos - window))  # [t, N]
-    k = _gather_kt(key_cache, phys, isa).permute(1, 0, 3, 2).reshape(1, hkv, n * bs, d)
-    v = _gather_v(value_cache, phys, isa).transpose(0, 1).reshape(1, hkv, n * bs, d)
-    q = query.transpose(0, 1).unsqueeze(0)  # [1, Hq, t, D]
-    if hq != hkv:
-        k = k.repeat_interleave(hq // hkv, dim=1)
-        v = v.repeat_interleave(hq // hkv, dim=1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
+    out = F.scaled_dot_product_attention(
+        query.transpose(0, 1)[None], k[None], v[None], attn_mask=allowed, scale=scale, enable_gqa=True
+    )
     return out[0].transpose(0, 1)
 
 
@@ -217,9 +238,17 @@ def paged_local_attention(
                 isa=isa,
             )
             out3[q_idx] = res.to(out.dtype)
-    for r, ql in enumerate(q_lens):
-        if ql <= 1:
-            continue
+    prefill_rows = [r for r, ql in enumerate(q_lens) if ql > 1]
+    if prefill_rows and cpu_native.supports(query, key_cache, value_cache, isa):
+        rows_t = torch.tensor(prefill_rows)
+        cpu_native.prefill(
+            query, key_cache, value_cache, out3, block_table[rows_t], seq_lens[rows_t], query_start_loc[rows_t],
+            torch.tensor([q_lens[r] for r in prefill_rows], dtype=torch.int32),
+            window=window, sinks=sinks, scale=scale,
+        )  # fmt: skip
+        return out3
+    for r in prefill_rows:
+        ql = q_lens[r]
         first_pos = lens[r] - ql
         for t0 in range(0, ql, PREFILL_TILE):
             t1 = min(ql, t0 + PREFILL_TILE)

@@ -1,10 +1,13 @@
-"""Optional fused C decode kernel for the CPU path, built on first use with the system C compiler.
+"""Optional fused C decode and prefill kernels for the CPU path, built on first use with the system C compiler.
 
 Why: decode over W + S keys moves ~2 MB per layer; composed torch ops (gather, upcast, bmm, softmax, bmm) touch
 those bytes ~8 times and pay per-op dispatch, which left the torch path several times slower than vLLM's own
-fused sliding-window kernel. This kernel reads each needed key/value once, straight from vLLM's CPU cache
-("vec" layout: K^T per block), in fp32 accumulation, parallel over (request, KV head) with OpenMP (it links to
-the ``libgomp.so.1`` torch already loaded, so they share one thread pool).
+fused sliding-window kernel. These kernels read each needed key/value once, straight from vLLM's CPU cache
+("vec" layout: K^T per block), in fp32 accumulation, parallel with OpenMP (they link to the ``libgomp.so.1``
+torch already loaded, so they share one thread pool). Decode: one task per (request, KV head). Prefill: one
+task per (request, KV head, ``16 // G`` consecutive query positions), so each K^T / V load feeds up to 16 rows
+(positions x the G query heads of the KV head) held in SIMD registers; without that grouping a prefill costs
+as much as one decode per query.
 
 No torch headers, so it builds in ~1 s; the ``.so`` is cached under ``$LOCALATTN_CACHE`` (default
 ``~/.cache/localattn``) keyed by source, compiler and CPU flags. Missing compiler or a failed build: the CPU
@@ -109,6 +112,45 @@ static inline __attribute__((always_inline)) void score_chunk(
     }
 }
 
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#define HAVE_DPBF16 1
+/* bf16 caches on CPUs with AVX512-BF16: scores of the 16 tokens [c, c+16) of one block for G rows with
+   vdpbf16ps (two head dims per instruction, exact bf16 products, fp32 sums), half the FMAs of score_chunk.
+   K^T rows d and d+1 are interleaved into (k[d][t], k[d+1][t]) pairs; qp holds each row's query as the same
+   pairs (its raw bf16, unscaled: the scale is applied to the sums). */
+static inline __attribute__((always_inline)) void score_chunk_dp(
+    const int G, const char *kb, int64_t bs, int64_t c, int64_t t0, int64_t t1, const uint32_t *restrict qp,
+    int D, float scale, float *restrict sc, int64_t n, int64_t o)
+{
+    __m512 a[16];
+    for (int g = 0; g < G; ++g) a[g] = _mm512_setzero_ps();
+    for (int d = 0; d < D; d += 2) {
+        const char *row = kb + ((int64_t)d * bs + c) * 2;
+        const __m512i k0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)row));
+        const __m512i k1 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(row + bs * 2)));
+        const __m512bh kp = (__m512bh)_mm512_or_si512(k0, _mm512_slli_epi32(k1, 16));
+        for (int g = 0; g < G; ++g)
+            a[g] = _mm512_dpbf16_ps(a[g], kp, (__m512bh)_mm512_set1_epi32((int)qp[g * (D / 2) + d / 2]));
+    }
+    const __m512 vs = _mm512_set1_ps(scale);
+    if (c >= t0 && c + CH <= t1) {
+        for (int g = 0; g < G; ++g) _mm512_storeu_ps(sc + (int64_t)g * n + o + (c - t0), _mm512_mul_ps(a[g], vs));
+        return;
+    }
+    for (int g = 0; g < G; ++g) {
+        float lane[CH];
+        _mm512_storeu_ps(lane, _mm512_mul_ps(a[g], vs));
+        for (int i = 0; i < CH; ++i) {
+            const int64_t t = c + i;
+            if (t >= t0 && t < t1) sc[(int64_t)g * n + o + (t - t0)] = lane[i];
+        }
+    }
+}
+#else
+#define HAVE_DPBF16 0
+#endif
+
 /* scores for tokens [t0, t1) of one block: wide chunks where they fit, 16-token chunks at the ragged edges
    (the few sink tokens, the window start), so little work is spent on lanes that are thrown away. */
 static inline __attribute__((always_inline)) void score_block(
@@ -148,23 +190,57 @@ static inline __attribute__((always_inline)) void value_block(
     }
 }
 
-/* In-place softmax of s[0:n] with 16 partial maxima / sums, so the reductions vectorise without
-   -ffast-math (which would also let the compiler assume no infinities). */
-static void softmax_row(float *restrict s, int64_t n) {
-    float m16[CH], s16[CH];
-    for (int i = 0; i < CH; ++i) { m16[i] = -INFINITY; s16[i] = 0.f; }
+/* Lane-wise max and expf on 16 lanes, written with vector extensions because gcc leaves the scalar loops of a
+   row softmax unvectorised (it was ~4 ns an element, the whole cost of a prefill task). Same polynomial as
+   fast_expf; floor = truncation minus one where that rounded up. */
+typedef int32_t v16i __attribute__((vector_size(64)));
+static inline __attribute__((always_inline)) v16f vmax16(v16f a, v16f b) {
+    const v16i m = a > b;
+    return (v16f)((m & (v16i)a) | (~m & (v16i)b));
+}
+static inline __attribute__((always_inline)) v16f fast_expf16(v16f x) {
+    x = vmax16(x, (v16f){0} - 87.0f);
+    const v16f y = x * 1.44269504088896341f + 0.5f;
+    v16i n = __builtin_convertvector(y, v16i);
+    n += (v16i)(__builtin_convertvector(n, v16f) > y);  /* true is -1 */
+    const v16f nf = __builtin_convertvector(n, v16f);
+    const v16f r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+    v16f p = (v16f){0} + 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    return p * (v16f)((n + 127) << 23);
+}
+
+/* In-place exp(s - max) of s[0:n] (16 lanes at a time, a scalar tail); returns 1 / sum, the normaliser. */
+static float exp_row(float *restrict s, int64_t n) {
+    v16f mv = (v16f){0} - INFINITY, sv = (v16f){0};
     int64_t t = 0;
-    for (; t + CH <= n; t += CH) for (int i = 0; i < CH; ++i) m16[i] = s[t + i] > m16[i] ? s[t + i] : m16[i];
+    for (; t + CH <= n; t += CH) { v16f x; memcpy(&x, s + t, 64); mv = vmax16(x, mv); }
     float m = -INFINITY;
-    for (int i = 0; i < CH; ++i) m = m16[i] > m ? m16[i] : m;
+    for (int i = 0; i < CH; ++i) m = mv[i] > m ? mv[i] : m;
     for (int64_t u = t; u < n; ++u) m = s[u] > m ? s[u] : m;
-    for (t = 0; t + CH <= n; t += CH)
-        for (int i = 0; i < CH; ++i) { const float e = fast_expf(s[t + i] - m); s[t + i] = e; s16[i] += e; }
+    for (t = 0; t + CH <= n; t += CH) {
+        v16f x; memcpy(&x, s + t, 64);
+        x = fast_expf16(x - m);
+        memcpy(s + t, &x, 64);
+        sv += x;
+    }
     float sum = 0.f;
-    for (int i = 0; i < CH; ++i) sum += s16[i];
+    for (int i = 0; i < CH; ++i) sum += sv[i];
     for (int64_t u = t; u < n; ++u) { s[u] = fast_expf(s[u] - m); sum += s[u]; }
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    for (int64_t u = 0; u < n; ++u) s[u] *= inv;
+    return sum > 0.f ? 1.f / sum : 0.f;
+}
+
+/* In-place softmax of s[0:n]. */
+static void softmax_row(float *restrict s, int64_t n) {
+    const float inv = exp_row(s, n);
+    int64_t t = 0;
+    for (; t + CH <= n; t += CH) { v16f x; memcpy(&x, s + t, 64); x *= inv; memcpy(s + t, &x, 64); }
+    for (int64_t u = t; u < n; ++u) s[u] *= inv;
 }
 
 static inline __attribute__((always_inline)) void decode_task(
@@ -241,6 +317,122 @@ void localattn_decode(
 #undef CALL
     }
 }
+
+/* Prefill: R = Q*G rows (Q consecutive query positions x the G query heads of one KV head) against the union of
+   their key sets, sinks [0, min(S, last+1)) then window [max(first - W + 1, S), last]; each K^T / V load feeds
+   all R rows. Row i*G+g is position first + min(i, nq-1) (tail tasks repeat their last position and do not
+   store it). Per row, keys outside its own window (or after it) get probability exactly 0. */
+static inline __attribute__((always_inline)) void prefill_task(
+    const int R, const int NV, const int VNV, const int G, const char *q, int64_t q_st, int64_t q_sh,
+    const char *kc, const char *vc, int64_t sb, int64_t sh, const int32_t *bt, int64_t first, int nq,
+    int64_t q_row0, char *out, int64_t o_st, int64_t o_sh, int kvh, int D, int64_t bs, int window, int sinks,
+    float scale, const int is_bf16)
+{
+    const int64_t esz = is_bf16 ? 2 : 4;
+    const int64_t last = first + nq - 1, L = last + 1;
+    const int64_t n_sink = sinks < L ? sinks : L;
+    const int64_t win_lo = (first - window + 1) > sinks ? (first - window + 1) : sinks;
+    const int64_t n = n_sink + (L > win_lo ? L - win_lo : 0);
+    float *qf = (float *)malloc(sizeof(float) * R * D);
+    float *sc = (float *)malloc(sizeof(float) * R * n);
+    float *acc = (float *)calloc((size_t)R * D, sizeof(float));
+    uint32_t *qp = (uint32_t *)malloc(sizeof(float) * R * D);
+    float inv[16];
+    for (int row = 0; row < R; ++row) {
+        const int i = row / G < nq ? row / G : nq - 1, g = row % G;
+        if (is_bf16) memcpy(qp + row * (D / 2), q + ((q_row0 + i) * q_st + (int64_t)(kvh * G + g) * q_sh) * esz, 2 * D);
+        load_row(qf + row * D, q + ((q_row0 + i) * q_st + (int64_t)(kvh * G + g) * q_sh) * esz, D, is_bf16);
+        for (int d = 0; d < D; ++d) qf[row * D + d] *= scale;
+    }
+    for (int pass = 0; pass < 2; ++pass) {
+        for (int part = 0; part < 2; ++part) {
+            const int64_t j0 = part == 0 ? 0 : win_lo, j1 = part == 0 ? n_sink : L;
+            const int64_t base = part == 0 ? 0 : n_sink;
+            for (int64_t j = j0; j < j1;) {
+                const int64_t b = j / bs, t0 = j % bs;
+                const int64_t t1 = (j1 - b * bs) < bs ? (j1 - b * bs) : bs;
+                const int64_t off = ((int64_t)bt[b] * sb + (int64_t)kvh * sh) * esz;
+#if HAVE_DPBF16
+                if (pass == 0 && is_bf16)
+                    for (int64_t cc = t0 - t0 % CH; cc < t1; cc += CH)
+                        score_chunk_dp(R, kc + off, bs, cc, t0, t1, qp, D, scale, sc, n, base + (j - j0));
+                else
+#endif
+                if (pass == 0) score_block(R, NV, kc + off, bs, t0, t1, qf, D, sc, n, base + (j - j0), is_bf16);
+                else value_block(R, VNV, vc + off, t0, t1, D, sc, n, base + (j - j0), acc, is_bf16);
+                j += t1 - t0;
+            }
+        }
+        if (pass == 0) {
+            for (int row = 0; row < R; ++row) {
+                const int64_t p = first + (row / G < nq ? row / G : nq - 1);
+                /* this row's keys: sink slots [0, a) and window slots [b, c) of the score row; others: exactly 0 */
+                const int64_t a = n_sink < p + 1 ? n_sink : p + 1;
+                const int64_t lo = (p - window + 1) > win_lo ? (p - window + 1) : win_lo;
+                const int64_t b = n_sink + (lo - win_lo), c = n_sink + (p + 1 - win_lo);
+                float *s = sc + (int64_t)row * n;
+                for (int64_t t = a; t < n_sink; ++t) s[t] = -INFINITY;
+                for (int64_t t = n_sink; t < b; ++t) s[t] = -INFINITY;
+                for (int64_t t = c > b ? c : b; t < n; ++t) s[t] = -INFINITY;
+                inv[row] = exp_row(s, n);  /* P.V is normalised at the store */
+                for (int64_t t = a; t < n_sink; ++t) s[t] = 0.f;
+                for (int64_t t = n_sink; t < b; ++t) s[t] = 0.f;
+                for (int64_t t = c > b ? c : b; t < n; ++t) s[t] = 0.f;
+            }
+        }
+    }
+    for (int row = 0; row < R && row / G < nq; ++row) {
+        const int i = row / G, g = row % G;
+        char *dst = out + ((q_row0 + i) * o_st + (int64_t)(kvh * G + g) * o_sh) * esz;
+        float *a = acc + row * D;
+        for (int d = 0; d < D; ++d) a[d] *= inv[row];
+        if (is_bf16) { uint16_t *o16 = (uint16_t *)dst; for (int d = 0; d < D; ++d) o16[d] = f32_to_bf16(a[d]); }
+        else memcpy(dst, a, sizeof(float) * D);
+    }
+    free(qf); free(sc); free(acc); free(qp);
+}
+
+/* Prefill / chunked prefill: request r's q_lens[r] query rows start at row q_starts[r] of q and are the last
+   positions of its seq_lens[r] tokens. Tasks = (request, KV head, group of rows_per_task positions), parallel
+   with OpenMP. Same layout and limits as localattn_decode; rows_per_task * group <= 16. */
+void localattn_prefill(
+    const void *q, int64_t q_st, int64_t q_sh,
+    const void *kc, const void *vc, int64_t sb, int64_t sh,
+    const int32_t *block_table, int64_t bt_stride, const int32_t *seq_lens, const int32_t *q_starts,
+    const int32_t *q_lens, void *out, int64_t o_st, int64_t o_sh,
+    int num_reqs, int num_heads, int num_kv_heads, int head_size, int block_size,
+    int window, int sinks, float scale, int is_bf16, int num_threads, int rows_per_task)
+{
+    const int group = num_heads / num_kv_heads, Q = rows_per_task, rows = Q * group;
+    int64_t *task0 = (int64_t *)malloc(sizeof(int64_t) * (num_reqs + 1));
+    task0[0] = 0;
+    for (int r = 0; r < num_reqs; ++r) task0[r + 1] = task0[r] + (int64_t)((q_lens[r] + Q - 1) / Q) * num_kv_heads;
+    const int64_t tasks = task0[num_reqs];
+    #pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) {
+        int r = 0;
+        while (task0[r + 1] <= task) ++r;
+        const int64_t local = task - task0[r];
+        const int kvh = (int)(local % num_kv_heads);
+        const int64_t qi = (local / num_kv_heads) * Q;
+        const int nq = (q_lens[r] - qi) < Q ? (int)(q_lens[r] - qi) : Q;
+        const int64_t first = (int64_t)seq_lens[r] - q_lens[r] + qi;
+        const int32_t *bt = block_table + (int64_t)r * bt_stride;
+#define CALL(RR, NVV, VV, GG, BF) prefill_task(RR, NVV, VV, GG, (const char *)q, q_st, q_sh, (const char *)kc, \
+        (const char *)vc, sb, sh, bt, first, nq, q_starts[r] + qi, (char *)out, o_st, o_sh, kvh, head_size, \
+        block_size, window, sinks, scale, BF)
+#define BY_ROWS(BF) switch (rows) { \
+            case 16: CALL(16, 1, 1, group, BF); break; \
+            case 8: CALL(8, 2, 2, group, BF); break; \
+            case 4: if (block_size % 64 == 0 && head_size % 64 == 0) { CALL(4, 4, 4, group, BF); } \
+                    else { CALL(4, 2, 2, group, BF); } break; \
+            default: CALL(rows, 1, 1, group, BF); break; }
+        if (is_bf16) { BY_ROWS(1) } else { BY_ROWS(0) }
+#undef BY_ROWS
+#undef CALL
+    }
+    free(task0);
+}
 """
 
 FLAGS = [
@@ -280,13 +472,13 @@ def _library() -> ctypes.CDLL | None:
         key = hashlib.sha256(
             "\0".join([SOURCE, " ".join(FLAGS), version, _cpu_flags()]).encode()
         ).hexdigest()[:16]
-        target = _cache_dir() / f"localattn_decode-{key}.so"
+        target = _cache_dir() / f"localattn_native-{key}.so"
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory() as tmp:
-                src = Path(tmp) / "decode.c"
+                src = Path(tmp) / "native.c"
                 src.write_text(SOURCE)
-                built = Path(tmp) / "decode.so"
+                built = Path(tmp) / "native.so"
                 subprocess.run(
                     [cc, *FLAGS, str(src), "-o", str(built), "-lm"], capture_output=True, check=True
                 )
@@ -294,23 +486,26 @@ def _library() -> ctypes.CDLL | None:
                 shutil.copyfile(built, staged)
                 os.replace(staged, target)  # atomic: concurrent builders (vLLM workers) never see half a file
         lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.CalledProcessError):
+        decode_fn, prefill_fn = lib.localattn_decode, lib.localattn_prefill
+    except (OSError, subprocess.CalledProcessError, AttributeError):
         return None
-    fn = lib.localattn_decode
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
-    fn.argtypes = [ptr, i64, i64, ptr, ptr, i64, i64, ptr, i64, ptr, ptr, ptr, i64, i64]
-    fn.argtypes += [i32] * 7 + [ctypes.c_float, i32, i32]
-    fn.restype = None
+    decode_fn.argtypes = [ptr, i64, i64, ptr, ptr, i64, i64, ptr, i64, ptr, ptr, ptr, i64, i64]
+    decode_fn.argtypes += [i32] * 7 + [ctypes.c_float, i32, i32]
+    decode_fn.restype = None
+    prefill_fn.argtypes = [ptr, i64, i64, ptr, ptr, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, i64, i64]
+    prefill_fn.argtypes += [i32] * 7 + [ctypes.c_float, i32, i32, i32]
+    prefill_fn.restype = None
     return lib
 
 
 def available() -> bool:
-    """Whether the fused decode kernel is built and loadable here."""
+    """Whether the fused decode and prefill kernels are built and loadable here."""
     return _library() is not None
 
 
 def supports(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, isa: str) -> bool:
-    """Whether :func:`decode` handles this call (else the CPU path uses its torch implementation)."""
+    """Whether :func:`decode` and :func:`prefill` handle this call (else the CPU path uses its torch code)."""
     return (
         isa in ("vec", "vec16")
         and query.dtype in (torch.float32, torch.bfloat16)
@@ -356,4 +551,52 @@ def decode(
         out.data_ptr(), out.stride(0), out.stride(1),
         sl.shape[0], hq, key_cache.shape[1], d, key_cache.shape[2],
         window, sinks, scale, int(query.dtype == torch.bfloat16), torch.get_num_threads(),
+    )  # fmt: skip
+
+
+#: Rows a prefill task scores at once (query positions x GQA group): the register block of one K^T / V load.
+PREFILL_ROWS = 16
+
+
+def prefill_positions_per_task(group: int) -> int:
+    """Query positions per prefill task: as many as fill :data:`PREFILL_ROWS` rows with ``group`` heads each."""
+    return max(1, PREFILL_ROWS // group)
+
+
+def prefill(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    out: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    q_starts: torch.Tensor,
+    q_lens: torch.Tensor,
+    *,
+    window: int,
+    sinks: int,
+    scale: float,
+    positions_per_task: int | None = None,
+) -> None:
+    """Prefill rows: request ``r`` (``R = len(seq_lens)``) owns rows ``q_starts[r] : q_starts[r] + q_lens[r]`` of
+    ``query`` / ``out`` (``[T, Hq, D]``), the last ``q_lens[r]`` positions of its ``seq_lens[r]`` tokens;
+    ``block_table`` rows ``0..R-1`` belong to those requests. Same conditions as :func:`supports`."""
+    lib = _library()
+    assert lib is not None
+    _, hq, d = query.shape
+    group = hq // key_cache.shape[1]
+    per_task = positions_per_task or prefill_positions_per_task(group)
+    if not 1 <= per_task * group <= PREFILL_ROWS:
+        raise ValueError(
+            f"positions_per_task * group must be in [1, {PREFILL_ROWS}], got {per_task} * {group}"
+        )
+    bt = block_table if block_table.dtype == torch.int32 and block_table.stride(1) == 1 else _i32(block_table)
+    sl, st, ql = _i32(seq_lens), _i32(q_starts), _i32(q_lens)
+    lib.localattn_prefill(
+        query.data_ptr(), query.stride(0), query.stride(1),
+        key_cache.data_ptr(), value_cache.data_ptr(), key_cache.stride(0), key_cache.stride(1),
+        bt.data_ptr(), bt.stride(0), sl.data_ptr(), st.data_ptr(), ql.data_ptr(),
+        out.data_ptr(), out.stride(0), out.stride(1),
+        sl.shape[0], hq, key_cache.shape[1], d, key_cache.shape[2],
+        window, sinks, scale, int(query.dtype == torch.bfloat16), torch.get_num_threads(), per_task,
     )  # fmt: skip

@@ -18,3 +18,10 @@ TOL = {
     torch.float16: {"atol": 4e-3, "rtol": 4e-3},
     torch.bfloat16: {"atol": 3e-2, "rtol": 3e-2},
 }
+
+#: Prefill-heavy mix: whole prompts below/at/across S, W and W + S (query counts that leave partial tasks),
+#: chunks whose first position is past the window (middle of a long sequence), one decode row in between.
+PREFILL = [
+    (2, 2), (SINKS, SINKS), (SINKS + 1, SINKS + 1), (WINDOW - 1, WINDOW - 1), (WINDOW + SINKS + 1, WINDOW + SINKS + 1),
+    (1, 90), (17, 17 + WINDOW), (5, 300), (WINDOW + 3, 2 * WINDOW + 9), (33, 161),
+]  # fmt: skip

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from localattn_kernels import cpu, cpu_native, layout
 from localattn_kernels.testing import PagedCase, make_case
 
-from .cases import DECODE, MIXED, SINKS, TOL, WINDOW
+from .cases import DECODE, MIXED, PREFILL, SINKS, TOL, WINDOW
 
 
 def _run(case: PagedCase, *, window: int, sinks: int, scale: float, **kw: object) -> torch.Tensor:
@@ -21,23 +21,51 @@ def _run(case: PagedCase, *, window: int, sinks: int, scale: float, **kw: object
     )  # fmt: skip
 
 
+def _count_native_prefill(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count calls of the fused prefill kernel (so a test knows which path it exercised)."""
+    calls: list[int] = []
+    real = cpu_native.prefill
+
+    def spy(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cpu_native, "prefill", spy)
+    return calls
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("block_size", [16, 32, 128])
 @pytest.mark.parametrize("group", [1, 4, 8])
 @pytest.mark.parametrize("head_size", [64, 128])
 def test_mixed_batch_matches_reference(
-    head_size: int, group: int, block_size: int, dtype: torch.dtype
+    head_size: int,
+    group: int,
+    block_size: int,
+    dtype: torch.dtype,
+    native: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Both CPU paths (fused C kernels when supported, else torch) over decode, prefill and chunked prefill."""
+    if not native:
+        monkeypatch.setattr(cpu_native, "supports", lambda *a: False)
+    calls = _count_native_prefill(monkeypatch)
     case = make_case(
-        MIXED, num_heads=2 * group, num_kv_heads=2, head_size=head_size, block_size=block_size, dtype=dtype
-    )
-    for sinks in (SINKS, 0):
-        want = case.reference(window=WINDOW, sinks=sinks, scale=head_size**-0.5)
-        got = _run(case, window=WINDOW, sinks=sinks, scale=head_size**-0.5)
+        MIXED + PREFILL, num_heads=2 * group, num_kv_heads=2, head_size=head_size, block_size=block_size,
+        dtype=dtype,
+    )  # fmt: skip
+    for window, sinks in ((WINDOW, SINKS), (WINDOW, 0), (1, 2), (10**6, SINKS)):
+        want = case.reference(window=window, sinks=sinks, scale=head_size**-0.5)
+        got = _run(case, window=window, sinks=sinks, scale=head_size**-0.5)
         torch.testing.assert_close(got, want, **TOL[dtype])
+    assert bool(calls) == (native and block_size != 16 and cpu_native.available())
 
 
-def test_long_prefill_spans_several_query_tiles() -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
+def test_long_prefill_spans_several_query_tiles(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not native:
+        monkeypatch.setattr(cpu_native, "supports", lambda *a: False)
     requests = [(cpu.PREFILL_TILE * 2 + 7, cpu.PREFILL_TILE * 2 + 50), (1, 9)]
     case = make_case(requests, num_heads=4, num_kv_heads=1, head_size=64, block_size=32, dtype=torch.float32)
     torch.testing.assert_close(
@@ -151,6 +179,58 @@ def test_fused_decode_kernel_builds_and_agrees_with_the_torch_path(monkeypatch: 
     torch.testing.assert_close(
         fused, case.reference(window=WINDOW, sinks=SINKS, scale=0.09), **TOL[torch.bfloat16]
     )
+
+
+def test_fused_prefill_kernel_builds_and_agrees_with_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefill rows use the fused C kernel when a compiler exists; every task size gives the torch answer."""
+    if shutil.which("cc") or shutil.which("gcc"):
+        assert cpu_native.available(), "a C compiler is present but the fused prefill kernel did not build"
+    else:
+        pytest.skip("no C compiler: only the torch path exists here (covered by the other tests)")
+    case = make_case(PREFILL, num_heads=12, num_kv_heads=4, head_size=64, block_size=32, dtype=torch.bfloat16)
+    monkeypatch.setattr(cpu_native, "supports", lambda *a: False)
+    torch_path = _run(case, window=WINDOW, sinks=SINKS, scale=0.11)
+    monkeypatch.undo()
+    calls = _count_native_prefill(monkeypatch)
+    fused = _run(case, window=WINDOW, sinks=SINKS, scale=0.11)
+    assert calls, "prefill rows did not go to the fused kernel"
+    torch.testing.assert_close(fused, torch_path, **TOL[torch.bfloat16])
+    qsl = case.query_start_loc
+    starts = qsl.tolist()
+    prefill_rows = [
+        i for r, (q_len, _) in enumerate(PREFILL) if q_len > 1 for i in range(starts[r], starts[r + 1])
+    ]
+    for per_task in (1, 2, 5):  # group 3: 3, 6 and 15 rows per task, and the default (5 positions)
+        out = torch.full_like(case.query, float("nan"))
+        cpu_native.prefill(
+            case.query, case.key_cache, case.value_cache, out, case.block_table, case.seq_lens, qsl[:-1],
+            qsl[1:] - qsl[:-1], window=WINDOW, sinks=SINKS, scale=0.11, positions_per_task=per_task,
+        )  # fmt: skip
+        torch.testing.assert_close(out[prefill_rows], fused[prefill_rows], **TOL[torch.bfloat16])
+    assert cpu_native.prefill_positions_per_task(3) == 5
+    with pytest.raises(ValueError, match="positions_per_task"):
+        cpu_native.prefill(
+            case.query, case.key_cache, case.value_cache, out, case.block_table, case.seq_lens, qsl[:-1],
+            qsl[1:] - qsl[:-1], window=WINDOW, sinks=SINKS, scale=0.11, positions_per_task=6,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
+def test_prefill_reads_only_sink_and_window_tokens(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Poison every cached token outside sinks + the windows of a prefill chunk (even inside the blocks that are
+    read): the output must not change, so neither path reads whole sink blocks or keys past the last query."""
+    if not native:
+        monkeypatch.setattr(cpu_native, "supports", lambda *a: False)
+    requests = [(70, 300), (45, 45)]
+    case = make_case(requests, num_heads=8, num_kv_heads=2, head_size=64, block_size=32, dtype=torch.float32)
+    want = _run(case, window=WINDOW, sinks=SINKS, scale=0.1)
+    for r, (q_len, seq_len) in enumerate(requests):
+        lo = max(seq_len - q_len - WINDOW + 1, 0)
+        bad = [t for t in range(case.block_table.shape[1] * 32) if SINKS <= t < lo or t >= seq_len]
+        slots = torch.tensor([int(case.block_table[r, t // 32]) * 32 + t % 32 for t in bad])
+        nan = torch.full((len(bad), 2, 64), float("nan"))
+        layout.write_kv(case.key_cache, case.value_cache, nan, nan, slots)
+    torch.testing.assert_close(_run(case, window=WINDOW, sinks=SINKS, scale=0.1), want)
 
 
 def test_strided_query_view_and_empty_padded_request() -> None:

@@ -235,89 +235,6 @@ static float exp_row(float *restrict s, int64_t n) {
     return sum > 0.f ? 1.f / sum : 0.f;
 }
 
-/* In-place softmax of s[0:n]. */
-static void softmax_row(float *restrict s, int64_t n) {
-    const float inv = exp_row(s, n);
-    int64_t t = 0;
-    for (; t + CH <= n; t += CH) { v16f x; memcpy(&x, s + t, 64); x *= inv; memcpy(s + t, &x, 64); }
-    for (int64_t u = t; u < n; ++u) s[u] *= inv;
-}
-
-static inline __attribute__((always_inline)) void decode_task(
-    const int G, const int NV, const int VNV, const char *q, int64_t q_st, int64_t q_sh, const char *kc, const char *vc, int64_t sb, int64_t sh,
-    const int32_t *bt, int64_t L, int64_t q_row, char *out, int64_t o_st, int64_t o_sh,
-    int kvh, int D, int64_t bs, int window, int sinks, float scale, const int is_bf16)
-{
-    const int64_t esz = is_bf16 ? 2 : 4;
-    const int64_t n_sink = sinks < L ? sinks : L;
-    const int64_t win_lo = (L - window) > sinks ? (L - window) : sinks;
-    const int64_t n = n_sink + (L > win_lo ? L - win_lo : 0);
-    float *qf = (float *)malloc(sizeof(float) * G * D);
-    float *sc = (float *)malloc(sizeof(float) * G * (n > 0 ? n : 1));
-    float *acc = (float *)calloc((size_t)G * D, sizeof(float));
-    for (int g = 0; g < G; ++g) {
-        load_row(qf + g * D, q + (q_row * q_st + (int64_t)(kvh * G + g) * q_sh) * esz, D, is_bf16);
-        for (int d = 0; d < D; ++d) qf[g * D + d] *= scale;
-    }
-    for (int pass = 0; pass < 2; ++pass) {
-        for (int part = 0; part < 2; ++part) {
-            const int64_t j0 = part == 0 ? 0 : win_lo, j1 = part == 0 ? n_sink : L;
-            const int64_t base = part == 0 ? 0 : n_sink;
-            for (int64_t j = j0; j < j1;) {
-                const int64_t b = j / bs, t0 = j % bs;
-                const int64_t t1 = (j1 - b * bs) < bs ? (j1 - b * bs) : bs;
-                const int64_t off = ((int64_t)bt[b] * sb + (int64_t)kvh * sh) * esz;
-                if (pass == 0) score_block(G, NV, kc + off, bs, t0, t1, qf, D, sc, n, base + (j - j0), is_bf16);
-                else value_block(G, VNV, vc + off, t0, t1, D, sc, n, base + (j - j0), acc, is_bf16);
-                j += t1 - t0;
-            }
-        }
-        if (pass == 0) {
-            for (int g = 0; g < G; ++g) softmax_row(sc + (int64_t)g * n, n);
-        }
-    }
-    for (int g = 0; g < G; ++g) {
-        char *dst = out + (q_row * o_st + (int64_t)(kvh * G + g) * o_sh) * esz;
-        const float *a = acc + g * D;
-        if (is_bf16) { uint16_t *o16 = (uint16_t *)dst; for (int d = 0; d < D; ++d) o16[d] = f32_to_bf16(a[d]); }
-        else memcpy(dst, a, sizeof(float) * D);
-    }
-    free(qf); free(sc); free(acc);
-}
-
-/* Decode: request r has one query (row q_rows[r]) at position seq_lens[r]-1 and reads keys
-   [0, min(S, L)) and [max(L - W, S), L). key_cache/value_cache: element strides (sb, sh) of
-   [num_blocks, H, ...]; inside a (block, head): K^T [D][bs], V [bs][D] (vLLM CPU "vec" layout).
-   Needs block_size % 32 == 0, head_size % 32 == 0, group <= 16 (the caller checks). */
-void localattn_decode(
-    const void *q, int64_t q_st, int64_t q_sh,
-    const void *kc, const void *vc, int64_t sb, int64_t sh,
-    const int32_t *block_table, int64_t bt_stride, const int32_t *seq_lens, const int32_t *q_rows,
-    void *out, int64_t o_st, int64_t o_sh,
-    int num_reqs, int num_heads, int num_kv_heads, int head_size, int block_size,
-    int window, int sinks, float scale, int is_bf16, int num_threads)
-{
-    const int group = num_heads / num_kv_heads;
-    const int tasks = num_reqs * num_kv_heads;
-    #pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
-    for (int task = 0; task < tasks; ++task) {
-        const int r = task / num_kv_heads, kvh = task % num_kv_heads;
-        const int32_t *bt = block_table + (int64_t)r * bt_stride;
-#define CALL(GG, NVV, VV, BF) decode_task(GG, NVV, VV, (const char *)q, q_st, q_sh, (const char *)kc, \
-        (const char *)vc, sb, sh, bt, seq_lens[r], q_rows[r], (char *)out, o_st, o_sh, kvh, head_size, block_size, \
-        window, sinks, scale, BF)
-#define WIDE(GG, BF) if (block_size % 64 == 0 && head_size % 64 == 0) { CALL(GG, 4, 4, BF); } \
-        else { CALL(GG, 2, 2, BF); }
-#define BY_GROUP(BF) switch (group) { \
-            case 1: WIDE(1, BF); break; case 2: WIDE(2, BF); break; case 4: WIDE(4, BF); break; \
-            case 8: CALL(8, 2, 2, BF); break; default: CALL(group, 1, 1, BF); break; }
-        if (is_bf16) { BY_GROUP(1) } else { BY_GROUP(0) }
-#undef BY_GROUP
-#undef WIDE
-#undef CALL
-    }
-}
-
 /* Prefill: R = Q*G rows (Q consecutive query positions x the G query heads of one KV head) against the union of
    their key sets, sinks [0, min(S, last+1)) then window [max(first - W + 1, S), last]; each K^T / V load feeds
    all R rows. Row i*G+g is position first + min(i, nq-1) (tail tasks repeat their last position and do not
@@ -390,6 +307,40 @@ static inline __attribute__((always_inline)) void prefill_task(
         else memcpy(dst, a, sizeof(float) * D);
     }
     free(qf); free(sc); free(acc); free(qp);
+}
+
+/* Decode: request r has one query (row q_rows[r]) at position seq_lens[r]-1 and reads keys
+   [0, min(S, L)) and [max(L - W, S), L). key_cache/value_cache: element strides (sb, sh) of
+   [num_blocks, H, ...]; inside a (block, head): K^T [D][bs], V [bs][D] (vLLM CPU "vec" layout).
+   Needs block_size % 32 == 0, head_size % 32 == 0, group <= 16 (the caller checks). A decode task is a prefill
+   task of one position (R = G rows); its register blocking is chosen per group here. */
+void localattn_decode(
+    const void *q, int64_t q_st, int64_t q_sh,
+    const void *kc, const void *vc, int64_t sb, int64_t sh,
+    const int32_t *block_table, int64_t bt_stride, const int32_t *seq_lens, const int32_t *q_rows,
+    void *out, int64_t o_st, int64_t o_sh,
+    int num_reqs, int num_heads, int num_kv_heads, int head_size, int block_size,
+    int window, int sinks, float scale, int is_bf16, int num_threads)
+{
+    const int group = num_heads / num_kv_heads;
+    const int tasks = num_reqs * num_kv_heads;
+    #pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
+    for (int task = 0; task < tasks; ++task) {
+        const int r = task / num_kv_heads, kvh = task % num_kv_heads;
+        const int32_t *bt = block_table + (int64_t)r * bt_stride;
+#define CALL(GG, NVV, VV, BF) prefill_task(GG, NVV, VV, GG, (const char *)q, q_st, q_sh, (const char *)kc, \
+        (const char *)vc, sb, sh, bt, (int64_t)seq_lens[r] - 1, 1, q_rows[r], (char *)out, o_st, o_sh, kvh, \
+        head_size, block_size, window, sinks, scale, BF)
+#define WIDE(GG, BF) if (block_size % 64 == 0 && head_size % 64 == 0) { CALL(GG, 4, 4, BF); } \
+        else { CALL(GG, 2, 2, BF); }
+#define BY_GROUP(BF) switch (group) { \
+            case 1: WIDE(1, BF); break; case 2: WIDE(2, BF); break; case 4: WIDE(4, BF); break; \
+            case 8: CALL(8, 2, 2, BF); break; default: CALL(group, 1, 1, BF); break; }
+        if (is_bf16) { BY_GROUP(1) } else { BY_GROUP(0) }
+#undef BY_GROUP
+#undef WIDE
+#undef CALL
+    }
 }
 
 /* Prefill / chunked prefill: request r's q_lens[r] query rows start at row q_starts[r] of q and are the last

@@ -475,6 +475,14 @@ def _i32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.int32 and t.is_contiguous() else t.to(torch.int32).contiguous()
 
 
+def _i32_table(block_table: torch.Tensor) -> torch.Tensor:
+    """The block table as the kernels read it: int32 rows with unit inner stride; any row stride (a row
+    expanded with stride 0, a slice of rows) is passed through as is."""
+    if block_table.dtype == torch.int32 and block_table.stride(1) == 1:
+        return block_table
+    return _i32(block_table)
+
+
 def decode(
     query: torch.Tensor,
     key_cache: torch.Tensor,
@@ -492,7 +500,7 @@ def decode(
     ``out`` (``[T, Hq, D]``); ``block_table`` rows ``0..R-1`` belong to those requests."""
     lib = _library()
     assert lib is not None
-    bt = block_table if block_table.dtype == torch.int32 and block_table.stride(1) == 1 else _i32(block_table)
+    bt = _i32_table(block_table)
     sl, rows = _i32(seq_lens), _i32(q_rows)
     _, hq, d = query.shape
     lib.localattn_decode(
@@ -541,7 +549,7 @@ def prefill(
         raise ValueError(
             f"positions_per_task * group must be in [1, {PREFILL_ROWS}], got {per_task} * {group}"
         )
-    bt = block_table if block_table.dtype == torch.int32 and block_table.stride(1) == 1 else _i32(block_table)
+    bt = _i32_table(block_table)
     sl, st, ql = _i32(seq_lens), _i32(q_starts), _i32(q_lens)
     lib.localattn_prefill(
         query.data_ptr(), query.stride(0), query.stride(1),

@@ -1,18 +1,18 @@
 """vLLM's Triton attention backend with sink + window attention on local layers (NVIDIA GPUs, regular `vllm`).
 
-Registered as `CUSTOM` and chosen with `--attention-backend CUSTOM`. Global layers (and steps where every query
-attends fully) run vLLM's Triton kernel unchanged. On a local layer, `localattn_kernels.triton` computes the
-locally-attending queries; the queries still below minContextLength go through the same kernel with a window
-longer than any sequence and no sinks, which is exactly causal full attention. That forward syncs with the host,
-so the backend's builder keeps attention out of CUDA graphs (`LocalAttnTritonMetadataBuilder`).
+Registered as `CUSTOM` and chosen with `--attention-backend CUSTOM`. Global layers run vLLM's Triton kernel
+unchanged; a local layer runs `triton_forward.local_forward` (minContextLength split, then
+`localattn_kernels.triton`). That forward syncs with the host, so the backend's builder keeps attention out of
+CUDA graphs (`LocalAttnTritonMetadataBuilder`).
 
-Status: written against vLLM 0.32's `triton_attn.py`; the kernels are tested under `TRITON_INTERPRET=1` and
-`local_forward` below on CPU tensors, but the backend as a whole has not run on a GPU here (none was available).
+Status: written against vLLM 0.32's `triton_attn.py`; the kernels and `triton_forward.local_forward` are tested
+under `TRITON_INTERPRET=1` on CPU tensors and compiled for sm_80/sm_90, but the backend as a whole has not run
+on a GPU: none was lent, and the GPU machine this project can borrow has no vLLM (see docs/runtime.md).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from vllm.v1.attention.backend import AttentionCGSupport
@@ -22,35 +22,8 @@ from vllm.v1.attention.backends.triton_attn import (
     TritonAttentionMetadataBuilder,
 )
 
-from localattn_runtime.dispatch import LocalLayerMixin, split_queries
-
-if TYPE_CHECKING:
-    from localattn_runtime.config import LocalAttnConfig
-
-
-def local_forward(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, out: torch.Tensor, *,
-                  block_table: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
-                  max_query_len: int, cfg: LocalAttnConfig, scale: float, max_model_len: int) -> None:
-    """A local layer's attention for one step, written into `out` ([num_tokens, heads, head_size])."""
-    from localattn_kernels.triton import paged_local_attention
-
-    n = int(query_start_loc[-1])
-    split = split_queries(query_start_loc, seq_lens, cfg.min_context_length)
-    if split.local is not None and split.full is None:
-        paged_local_attention(query[:n], key_cache, value_cache, block_table=block_table, seq_lens=seq_lens,
-                              query_start_loc=query_start_loc, window=cfg.window_size, sinks=cfg.sink_tokens,
-                              scale=scale, out=out[:n], max_query_len=max_query_len)
-        return
-    for part, window, sinks in ((split.full, max_model_len + 1, 0), (split.local, cfg.window_size, cfg.sink_tokens)):
-        if part is None:
-            continue
-        q = query.index_select(0, part.index)
-        o = torch.empty_like(q)
-        paged_local_attention(q, key_cache, value_cache, block_table=block_table[part.rows],
-                              seq_lens=part.seq_lens.to(seq_lens.dtype),
-                              query_start_loc=part.query_start_loc.to(query_start_loc.dtype), window=window,
-                              sinks=sinks, scale=scale, out=o, max_query_len=part.max_query_len)
-        out.index_copy_(0, part.index, o)
+from localattn_runtime.dispatch import LocalLayerMixin
+from localattn_runtime.triton_forward import local_forward
 
 
 class LocalAttnTritonMetadataBuilder(TritonAttentionMetadataBuilder):

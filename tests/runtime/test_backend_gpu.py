@@ -1,4 +1,4 @@
-"""The GPU backend: its CUDA-graph declaration, and its local-layer path (`backend_gpu.local_forward`: per-token
+"""The GPU backend: its CUDA-graph declaration, and its local-layer path (`triton_forward.local_forward`: per-token
 split + Triton kernels) against the torch reference, under TRITON_INTERPRET=1 on CPU when no GPU is present (in a
 fresh interpreter: Triton binds interpret mode at import). (The vLLM engine-level GPU run needs a GPU: see
 docs/runtime.md.)"""
@@ -15,10 +15,9 @@ import pytest
 SCRIPT = r"""
 import torch
 from localattn_kernels.testing import make_case
-from localattn_runtime.backend_gpu import LocalAttnTritonBackend, local_forward
+from localattn_runtime.triton_forward import local_forward
 from localattn_runtime.config import parse
 
-assert LocalAttnTritonBackend.get_name() == "CUSTOM"
 device = "cuda" if torch.cuda.is_available() else "cpu"
 reqs = [(1, 200), (40, 180), (7, 7), (30, 100), (1, 159), (1, 160)]  # (queries, sequence length)
 case = make_case(reqs, num_heads=4, num_kv_heads=2, head_size=32, block_size=16, dtype=torch.float32,
@@ -48,6 +47,7 @@ def test_builder_keeps_local_forward_out_of_cuda_graphs() -> None:
 
     from localattn_runtime.backend_gpu import LocalAttnTritonBackend
 
+    assert LocalAttnTritonBackend.get_name() == "CUSTOM"
     builder = LocalAttnTritonBackend.get_builder_cls()
     assert issubclass(builder, TritonAttentionMetadataBuilder)
     assert builder is not TritonAttentionMetadataBuilder

@@ -9,6 +9,28 @@ import triton
 import triton.language as tl
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 operands multiply in IEEE fp32, as the reference does; Triton's default on NVIDIA GPUs is TF32
+    (10-bit mantissa, ~1e-3 relative error). The setting does nothing for fp16/bf16 operands."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def tile_sizes(dtype: torch.dtype) -> tuple[int, int, int]:
+    """(decode keys per tile, prefill query rows per program, prefill keys per tile) for this dtype.
+
+    fp16/bf16 dots run on tensor cores; fp32 dots in IEEE precision run on FMA units and hold far more in
+    registers, so the 16-bit tiles would spill on sm_80/sm_90 (``python -m localattn_kernels.triton.compile_check``
+    shows registers and spills per kernel; ``tests/kernels/test_kernels_triton_compile.py`` keeps them at zero).
+    """
+    return (16, 16, 16) if dtype == torch.float32 else (64, 64, 32)
+
+
+def padded_head_size(head_size: int) -> int:
+    """The head dimension of the kernels' tiles: a power of two (masked beyond ``head_size``) and at least 16,
+    the smallest inner dimension ``tl.dot`` compiles for on NVIDIA GPUs (the interpreter accepts any)."""
+    return max(16, triton.next_power_of_2(head_size))
+
+
 def upcast_dots(dtype: torch.dtype) -> bool:
     """Whether the kernels must run their dots in fp32 (bf16 under the interpreter, see ``attend_tile``)."""
     return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -22,13 +44,14 @@ def attend_tile(
     stride_vb, stride_vt, stride_vh, stride_vd,
     scale_log2e,
     PAGE: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_SIZE: tl.constexpr, UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """One flash-attention step over keys at absolute positions ``j`` (``[BLOCK_N]``).
 
     Keys are found through the block table token by token (block ``j // PAGE``, slot ``j % PAGE``) and loaded
     only where ``load_ok`` (``[BLOCK_N]``); ``allowed`` (broadcastable to ``[BLOCK_M, BLOCK_N]``) is the
     per-query mask. ``UPCAST`` runs the dots in fp32: only for bf16 under ``TRITON_INTERPRET=1``, whose numpy
-    ``tl.dot`` mis-reads bf16 operands. Softmax runs in base 2 (``scale_log2e`` folds
+    ``tl.dot`` mis-reads bf16 operands; ``DOT_PRECISION`` is :func:`dot_precision`. Softmax runs in base 2 (``scale_log2e`` folds
     ``log2(e)`` into the scale); ``m_i`` may be ``-inf`` for rows that have seen no key yet.
     """
     d = tl.arange(0, BLOCK_D)
@@ -44,10 +67,10 @@ def attend_tile(
         mask=d_ok[:, None] & load_ok[None, :],
         other=0.0,
     )  # [BLOCK_D, BLOCK_N]
-    if UPCAST:  # noqa: SIM108 - a constexpr branch, kept as a statement for the Triton frontend
-        s = tl.dot(q.to(tl.float32), k.to(tl.float32)) * scale_log2e
+    if UPCAST:  # a constexpr branch, kept as a statement for the Triton frontend
+        s = tl.dot(q.to(tl.float32), k.to(tl.float32), input_precision=DOT_PRECISION) * scale_log2e
     else:
-        s = tl.dot(q, k) * scale_log2e
+        s = tl.dot(q, k, input_precision=DOT_PRECISION) * scale_log2e
     s = tl.where(allowed, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -63,9 +86,9 @@ def attend_tile(
         mask=load_ok[:, None] & d_ok[None, :],
         other=0.0,
     )  # [BLOCK_N, BLOCK_D]
-    if UPCAST:  # noqa: SIM108 - a constexpr branch, kept as a statement for the Triton frontend
-        pv = tl.dot(p, v.to(tl.float32))
+    if UPCAST:  # a constexpr branch, kept as a statement for the Triton frontend
+        pv = tl.dot(p, v.to(tl.float32), input_precision=DOT_PRECISION)
     else:
-        pv = tl.dot(p.to(v.dtype), v)
+        pv = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     acc = acc * alpha[:, None] + pv
     return acc, m_new, l_i

@@ -13,7 +13,13 @@ import torch
 import triton
 import triton.language as tl
 
-from localattn_kernels.triton.common import attend_tile, upcast_dots
+from localattn_kernels.triton.common import (
+    attend_tile,
+    dot_precision,
+    padded_head_size,
+    tile_sizes,
+    upcast_dots,
+)
 
 LOG2E = 1.4426950408889634
 
@@ -29,7 +35,7 @@ def _decode_kernel(
     stride_vb, stride_vt, stride_vh, stride_vd,
     stride_bt,
     NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_SIZE: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     NUM_SPLITS: tl.constexpr, SPLIT: tl.constexpr,
 ):  # fmt: skip
     seq_idx = tl.program_id(0)
@@ -67,7 +73,7 @@ def _decode_kernel(
             k_ptr, v_ptr, block_table_ptr, stride_bt,
             stride_kb, stride_kt, stride_kh, stride_kd,
             stride_vb, stride_vt, stride_vh, stride_vd,
-            scale_log2e, PAGE, BLOCK_D, HEAD_SIZE, UPCAST,
+            scale_log2e, PAGE, BLOCK_D, HEAD_SIZE, UPCAST, DOT_PRECISION,
         )  # fmt: skip
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -131,14 +137,15 @@ def decode(
     sinks: int,
     scale: float,
     num_splits: int,
-    block_n: int = 64,
+    block_n: int | None = None,
 ) -> None:
     """Launch the decode kernel (+ the LSE combine when ``num_splits > 1``); every request has <= 1 query."""
     num_seqs = seq_lens.shape[0]
     _, num_heads, head_size = query.shape
     page, num_kv_heads = key_cache.shape[1], key_cache.shape[2]
     group = num_heads // num_kv_heads
-    block_d = triton.next_power_of_2(head_size)
+    block_n = block_n or tile_sizes(query.dtype)[0]
+    block_d = padded_head_size(head_size)
     total = sinks + window
     split = triton.cdiv(triton.cdiv(total, num_splits), block_n) * block_n
     num_splits = max(1, triton.cdiv(total, split))
@@ -156,6 +163,7 @@ def decode(
         *query.stride(), *out.stride(), *key_cache.stride(), *value_cache.stride(), block_table.stride(0),
         NUM_HEADS=num_heads, GROUP=group, HEAD_SIZE=head_size, BLOCK_D=block_d,
         BLOCK_M=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, PAGE=page, UPCAST=upcast_dots(query.dtype),
+        DOT_PRECISION=dot_precision(query.dtype),
         NUM_SPLITS=num_splits, SPLIT=split,
     )  # fmt: skip
     if num_splits > 1:

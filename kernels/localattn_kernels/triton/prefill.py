@@ -16,7 +16,13 @@ import torch
 import triton
 import triton.language as tl
 
-from localattn_kernels.triton.common import attend_tile, upcast_dots
+from localattn_kernels.triton.common import (
+    attend_tile,
+    dot_precision,
+    padded_head_size,
+    tile_sizes,
+    upcast_dots,
+)
 
 LOG2E = 1.4426950408889634
 
@@ -46,7 +52,7 @@ def _prefill_kernel(
     stride_vb, stride_vt, stride_vh, stride_vd,
     stride_bt,
     GROUP: tl.constexpr, HEAD_SIZE: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -86,7 +92,7 @@ def _prefill_kernel(
             k_ptr, v_ptr, block_table_ptr, stride_bt,
             stride_kb, stride_kt, stride_kh, stride_kd,
             stride_vb, stride_vt, stride_vh, stride_vd,
-            scale_log2e, PAGE, BLOCK_D, HEAD_SIZE, UPCAST,
+            scale_log2e, PAGE, BLOCK_D, HEAD_SIZE, UPCAST, DOT_PRECISION,
         )  # fmt: skip
 
     win_lo = tl.maximum(first - window + 1, sinks)
@@ -99,7 +105,7 @@ def _prefill_kernel(
             k_ptr, v_ptr, block_table_ptr, stride_bt,
             stride_kb, stride_kt, stride_kh, stride_kd,
             stride_vb, stride_vt, stride_vh, stride_vd,
-            scale_log2e, PAGE, BLOCK_D, HEAD_SIZE, UPCAST,
+            scale_log2e, PAGE, BLOCK_D, HEAD_SIZE, UPCAST, DOT_PRECISION,
         )  # fmt: skip
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -122,13 +128,16 @@ def prefill(
     window: int,
     sinks: int,
     scale: float,
-    block_m: int = 64,
-    block_n: int = 32,
+    block_m: int | None = None,
+    block_n: int | None = None,
 ) -> None:
     """Launch the prefill kernel over every request (any query lengths, including 1)."""
     num_tokens, num_heads, head_size = query.shape
     page, num_kv_heads = key_cache.shape[1], key_cache.shape[2]
     group = num_heads // num_kv_heads
+    _, default_m, default_n = tile_sizes(query.dtype)
+    block_m = block_m or default_m
+    block_n = block_n or default_n
     block_q = max(1, block_m // triton.next_power_of_2(group))
     block_m = max(16, triton.next_power_of_2(block_q * group))
     num_seqs = seq_lens.shape[0]
@@ -138,6 +147,7 @@ def prefill(
         block_table, seq_lens, query_start_loc, num_seqs,
         scale * LOG2E, window, sinks,
         *query.stride(), *out.stride(), *key_cache.stride(), *value_cache.stride(), block_table.stride(0),
-        GROUP=group, HEAD_SIZE=head_size, BLOCK_D=triton.next_power_of_2(head_size),
+        GROUP=group, HEAD_SIZE=head_size, BLOCK_D=padded_head_size(head_size),
         BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n, PAGE=page, UPCAST=upcast_dots(query.dtype),
+        DOT_PRECISION=dot_precision(query.dtype),
     )  # fmt: skip

@@ -2,7 +2,8 @@
 
 The interpreter tests (`test_kernels_triton.py`) check the arithmetic; these check what only the GPU compiler
 decides, for the exact launches the launchers make: every path compiles for sm_80 and sm_90, uses no spill
-stack and fits in shared memory; 16-bit dots run on tensor cores and fp32 dots in IEEE precision (not TF32).
+stack and fits in shared memory, streams K/V through cp.async; 16-bit dots run on tensor cores (wgmma for
+prefill on sm_90) and fp32 dots in IEEE precision (not TF32).
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ def test_every_launch_compiles_without_spills_and_fits_shared_memory(arch: int) 
         assert row["spill_stack"] == 0 and row["local"] == 0, row
         assert row["shared"] <= row["shared_limit"], row
         assert row["registers"] <= 255, row
+        if row["kernel"] != "combine_kernel":  # the LSE combine reads a few floats: no dots, no tiles to stream
+            assert row["cp_async"], row  # K/V tiles stream into shared memory while the previous tile computes
+            want = "fma" if row["dtype"] == "float32" else "wgmma" if (arch, row["path"]) == (90, "prefill") else "mma"
+            assert row["dots"] == want, row
 
 
 def test_the_check_sees_spills() -> None:
@@ -51,9 +56,10 @@ def test_dot_precision(dtype: torch.dtype, tensor_cores: bool) -> None:
                                       query_len=1)  # fmt: skip
     with compile_check.compile_only(90) as compiled:
         decode(**args, window=64, sinks=4, scale=0.1, num_splits=1)
-    ptx = compiled[0].asm["ptx"]
-    assert ("mma.sync" in ptx or "wgmma" in ptx) == tensor_cores
-    assert "tf32" not in ptx
+    usage = compile_check.resource_usage(compiled[0])
+    assert (usage.dots == "mma") == tensor_cores and usage.async_copies  # K/V tiles stream through cp.async
+    assert usage.dots in ("mma", "fma")
+    assert "tf32" not in compiled[0].asm["ptx"]
 
 
 @pytest.mark.parametrize("head_size", [8, 80, 256])

@@ -37,6 +37,8 @@ class Usage:
     shared: int  # bytes, static + Triton's dynamic allocation
     num_warps: int
     num_stages: int
+    dots: str  # the instructions tl.dot became: "wgmma" (sm_90 warpgroup), "mma" (mma.sync), "fma" (no tensor cores)
+    async_copies: bool  # global -> shared copies with cp.async (loads overlap compute across num_stages)
 
 
 class _CompileOnlyDriver:
@@ -109,8 +111,11 @@ def resource_usage(kernel: Any) -> Usage:
                               check=True).stdout
     fields = dict(re.findall(r"\b(REG|STACK|LOCAL|SHARED):(\d+)", text))
     md = kernel.metadata
+    ptx = kernel.asm["ptx"]
+    dots = "wgmma" if "wgmma.mma_async" in ptx else "mma" if "mma.sync" in ptx else "fma"
     return Usage(name=md.name, registers=int(fields["REG"]), stack=int(fields["STACK"]), local=int(fields["LOCAL"]),
-                 shared=max(int(fields["SHARED"]), int(md.shared)), num_warps=md.num_warps, num_stages=md.num_stages)
+                 shared=max(int(fields["SHARED"]), int(md.shared)), num_warps=md.num_warps, num_stages=md.num_stages,
+                 dots=dots, async_copies="cp.async" in ptx)
 
 
 def paged_inputs(*, num_heads: int, num_kv_heads: int, head_size: int, block_size: int, dtype: torch.dtype,
@@ -176,7 +181,8 @@ def usage_table(archs: tuple[int, ...] = (80, 90)) -> list[dict[str, Any]]:
                                  "head_size": head_size, "group": group, "block_size": block_size,
                                  "dtype": str(dtype).removeprefix("torch."), "registers": u.registers,
                                  "spill_stack": u.stack, "local": u.local, "shared": u.shared,
-                                 "shared_limit": SHARED_LIMIT[arch], "warps": u.num_warps, "stages": u.num_stages})  # fmt: skip
+                                 "shared_limit": SHARED_LIMIT[arch], "warps": u.num_warps, "stages": u.num_stages,
+                                 "dots": u.dots, "cp_async": u.async_copies})  # fmt: skip
     return rows
 
 
@@ -186,7 +192,7 @@ def main() -> int:
     rows = usage_table()
     print(f"triton {triton.__version__}; registers / spill stack bytes / shared bytes per kernel")
     cols = ["arch", "path", "kernel", "head_size", "group", "block_size", "dtype", "registers", "spill_stack",
-            "shared", "warps", "stages"]  # fmt: skip
+            "shared", "warps", "stages", "dots", "cp_async"]  # fmt: skip
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:

@@ -1,16 +1,21 @@
 """GPU check of the Triton kernels, run by ``benchmarks/device_check.sh``: correctness, then speed and bandwidth.
 
 1. Correctness: every Triton path against the reference (fp32 on the device) over head sizes 64/128, GQA 1/4/8,
-   block sizes 16/32/128, fp16/bf16, mixed batches crossing the sink/window bounds, split-KV decode.
-2. Timings (``triton.testing.do_bench``, L2 flushed between runs): decode and prefill of our kernels with
-   (W, S) vs the same kernels with W >= context (= full attention on the same cache), vs vLLM's FlashAttention
-   and Triton unified attention with full attention and with their sliding window (no sinks), where importable.
+   block sizes 16/32/128, fp16/bf16, mixed batches crossing the sink/window bounds, split-KV decode. Then every
+   baseline against the reference on small decode and prefill cases, each under the rule it claims (full causal,
+   ours, or a window without sinks), so a wrong baseline mask cannot flatter our kernel.
+2. Timings (``triton.testing.do_bench``, L2 flushed between runs): decode and prefill of our kernels with (W, S)
+   vs the same kernels with W >= context (= full attention on the same cache) and vs ``baselines.BASELINES``: torch's
+   FlashAttention-2 (SDPA restricted to its flash backend, full causal) and FlexAttention (compiled, block masks
+   for our sinks + window rule and for full causal) on dense copies gathered once outside the timed region, and
+   vLLM's FlashAttention / Triton unified attention on the paged cache when vLLM is importable (the GPU machine
+   this was written for has none). Each baseline's output is compared with ours on the same data in every row.
 3. Bandwidth: bytes a decode must read (sinks + window K/V of every sequence) / time, as a fraction of the
    device's peak HBM bandwidth (spec table by device name, else a measured device-to-device copy).
 
 Writes ``kernels_gpu.json`` and ``kernels_gpu.md`` (the section for docs/benchmarks.md) into the output
-directory. Stops starting new sections after ``--budget`` seconds so the whole run fits in 5 minutes.
-``--dry-run`` does the same on CPU under ``TRITON_INTERPRET=1`` with tiny shapes (to check the script itself).
+directory. Stops starting new rows or baselines after ``--budget`` seconds so the whole run fits its time slot.
+``--dry-run`` does the same on CPU under ``TRITON_INTERPRET=1`` with tiny shapes and FlexAttention uncompiled.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import time
 import traceback
@@ -28,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from localattn_kernels import baselines
 
 #: Peak HBM bandwidth (GB/s) by device-name fragment, from vendor spec sheets.
 PEAK_GBS = {"H200": 4800, "H100 SXM": 3350, "H100 NVL": 3900, "H100 PCIe": 2000, "H100": 3350, "A100-SXM4-80GB": 2039,
@@ -93,124 +101,89 @@ def correctness(lt: Any, device: str, small: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def _paged(
-    batch: int, context: int, *, hq: int, hkv: int, d: int, bs: int, q_len: int, device: str
-) -> dict[str, Any]:
-    """A cache holding ``batch`` sequences of ``context`` tokens (random, shuffled blocks), GPU layout."""
-    from localattn_kernels import layout
+def check_baselines(device: str, deadline: float) -> list[dict[str, Any]]:
+    """Every baseline against the reference under its rule, on a small decode and a small prefill.
 
-    per = -(-context // bs)
-    kv = torch.randn(layout.kv_cache_shape(batch * per, hkv, bs, d), dtype=torch.bfloat16, device=device)
-    key_cache, value_cache = layout.split_kv_cache_gpu(kv)
-    return {
-        "query": torch.randn(batch * q_len, hq, d, dtype=torch.bfloat16, device=device),
-        "key_cache": key_cache,
-        "value_cache": value_cache,
-        "block_table": torch.randperm(batch * per, device=device).view(batch, per).to(torch.int32),
-        "seq_lens": torch.full((batch,), context, dtype=torch.int32, device=device),
-        "query_start_loc": torch.arange(0, (batch + 1) * q_len, q_len, dtype=torch.int32, device=device),
-    }
-
-
-def _baselines(c: dict[str, Any], window: int, q_len: int, context: int) -> dict[str, Callable[[], object]]:
-    """vLLM's own GPU kernels on the same cache, full and sliding window (they have no sink tokens)."""
-    out: dict[str, Callable[[], object]] = {}
-    scale = c["query"].shape[-1] ** -0.5
-    args = dict(max_seqlen_q=q_len, cu_seqlens_q=c["query_start_loc"], max_seqlen_k=context, seqused_k=c["seq_lens"],
-                softmax_scale=scale, causal=True, block_table=c["block_table"])  # fmt: skip
-    try:
-        from vllm.vllm_flash_attn import flash_attn_varlen_func
-
-        def flash(ws: list[int]) -> Callable[[], object]:
-            return lambda: flash_attn_varlen_func(
-                c["query"], c["key_cache"], c["value_cache"], window_size=ws, **args
-            )
-
-        for name, ws in (("flash_full", [-1, -1]), ("flash_swa", [window - 1, 0])):
-            out[name] = flash(ws)
-            out[name]()
-    except Exception as exc:
-        out.pop("flash_full", None)
-        out.pop("flash_swa", None)
-        out["flash_error"] = repr(exc)[:200]  # type: ignore[assignment]
-    try:
-        from vllm.v1.attention.ops.triton_unified_attention import unified_attention
-
-        o = torch.empty_like(c["query"])
-
-        def unified(ws: tuple[int, int]) -> Callable[[], object]:
-            return lambda: unified_attention(
-                c["query"], c["key_cache"], c["value_cache"], o, c["query_start_loc"], q_len, c["seq_lens"], context,
-                scale, True, ws, c["block_table"], 0.0, None, None, None,
-            )  # fmt: skip
-
-        for name, span in (("vllm_triton_full", (-1, -1)), ("vllm_triton_swa", (window - 1, 0))):
-            out[name] = unified(span)
-            out[name]()
-    except Exception as exc:
-        out.pop("vllm_triton_full", None)
-        out.pop("vllm_triton_swa", None)
-        out["vllm_triton_error"] = repr(exc)[:200]  # type: ignore[assignment]
-    return out
-
-
-def timings(lt: Any, device: str, small: bool, deadline: float, peak: float) -> list[dict[str, Any]]:
-    hq, hkv, d, bs, sinks = (8, 2, 64, 16, 4) if small else (32, 8, 128, 16, 4)
-    configs = [  # (kind, batch, context, window)
-        ("decode", 1, 256, 40), ("prefill", 1, 128, 40)] if small else [
-        ("decode", 1, 16384, 512), ("decode", 1, 131072, 512), ("decode", 64, 16384, 512), ("decode", 256, 8192, 512),
-        ("decode", 64, 32768, 4096), ("decode", 16, 131072, 8192), ("prefill", 1, 16384, 512), ("prefill", 4, 8192, 2048),
-    ]  # fmt: skip
+    FlexAttention runs eagerly here (no compile time spent on shapes that are not timed): this checks its mask;
+    the compiled kernel is checked against ours on every timed shape."""
     rows = []
-    for kind, batch, context, window in configs:
-        if time.monotonic() > deadline:
-            rows.append({"kind": kind, "batch": batch, "context": context, "skipped": "time budget"})
-            continue
-        q_len = 1 if kind == "decode" else context
-        c = _paged(batch, context, hq=hq, hkv=hkv, d=d, bs=bs, q_len=q_len, device=device)
-        scale = d**-0.5
-
-        def ours(
-            w: int, c: dict[str, Any] = c, q_len: int = q_len, scale: float = scale
-        ) -> Callable[[], object]:
-            return lambda: lt.paged_local_attention(
-                c["query"], c["key_cache"], c["value_cache"], block_table=c["block_table"], seq_lens=c["seq_lens"],
-                query_start_loc=c["query_start_loc"], window=w, sinks=sinks, scale=scale, max_query_len=q_len,
-            )  # fmt: skip
-
-        fns = {"local": ours(window), "local_as_full": ours(context + 1)}
-        base = _baselines(c, window, q_len, context) if device == "cuda" else {}
-        fns.update({k: v for k, v in base.items() if callable(v)})
-        row: dict[str, Any] = {
-            "kind": kind,
-            "batch": batch,
-            "context": context,
-            "window": window,
-            "sinks": sinks,
-        }
-        row.update({k: v for k, v in base.items() if not callable(v)})
-        for name, fn in fns.items():
-            try:
-                row[f"{name}_ms"] = round(_bench(fn, device), 4)
-            except Exception as exc:
-                row[f"{name}_error"] = repr(exc)[:200]
-        if kind == "decode":
-            tokens = min(sinks, context) + min(window, context - min(sinks, context))
-            nbytes = batch * tokens * hkv * d * 2 * 2  # K and V, bf16
-            row["bytes_read_mb"] = round(nbytes / 1e6, 2)
-            if peak and row.get("local_ms"):
-                row["achieved_gbs"] = round(nbytes / row["local_ms"] / 1e6, 1)
-                row["fraction_of_peak"] = round(row["achieved_gbs"] / peak, 3)
-        for ref in ("local_as_full", "flash_full", "flash_swa", "vllm_triton_full", "vllm_triton_swa"):
-            if row.get(f"{ref}_ms") and row.get("local_ms"):
-                row[f"{ref}/local"] = round(row[f"{ref}_ms"] / row["local_ms"], 2)
-        rows.append(row)
-        del c
+    with baselines.flash_only():
+        for case, batch, context, q_len in (("decode", 2, 300, 1), ("prefill", 2, 160, 160)):
+            p = baselines.paged_problem(batch, context, hq=8, hkv=2, d=64, bs=16, q_len=q_len, window=40, sinks=4, device=device,
+                       compile=False)  # fmt: skip
+            _, info = baselines.try_baselines(p, deadline, p.reference)
+            rows.append({"case": case, "batch": batch, "context": context, **info})
     return rows
 
 
-def _markdown(meta: dict[str, Any], corr: list[dict[str, Any]], times: list[dict[str, Any]]) -> str:
+def timings(lt: Any, device: str, small: bool, deadline: float, peak: float, rows: list[dict[str, Any]]) -> None:
+    """Appends one row per shape to ``rows`` (so a run stopped midway still reports the rows it finished)."""
+    hq, hkv, d, bs, sinks = (8, 2, 64, 16, 4) if small else (32, 8, 128, 16, 4)
+    configs = [  # (kind, batch, context, window); both kinds early, as the budget cuts the tail
+        ("decode", 1, 256, 40), ("prefill", 1, 128, 40)] if small else [
+        ("decode", 1, 16384, 512), ("prefill", 1, 16384, 512), ("decode", 1, 131072, 512), ("decode", 64, 16384, 512),
+        ("decode", 16, 131072, 8192), ("prefill", 4, 8192, 2048), ("decode", 256, 8192, 512), ("decode", 64, 32768, 4096),
+    ]  # fmt: skip
+    with baselines.flash_only():
+        for kind, batch, context, window in configs:
+            row: dict[str, Any] = {"kind": kind, "batch": batch, "context": context, "window": window, "sinks": sinks}
+            if time.monotonic() > deadline:
+                rows.append({**row, "skipped": "time budget"})
+                continue
+            p = baselines.paged_problem(batch, context, hq=hq, hkv=hkv, d=d, bs=bs, q_len=1 if kind == "decode" else context,
+                       window=window, sinks=sinks, device=device)  # fmt: skip
+            rows.append(_row(lt, p, row, device, deadline, peak, bytes_per_token=hkv * d * 2 * 2))
+            del p
+            if device == "cuda":
+                torch.cuda.empty_cache()
+
+
+def _row(lt: Any, p: baselines.Problem, row: dict[str, Any], device: str, deadline: float, peak: float,
+         bytes_per_token: int) -> dict[str, Any]:  # fmt: skip
+    """Time ours and every baseline that agrees with ours on this problem; bandwidth of our decode."""
+    fns = {"local": baselines.ours(lt, p, "local"), "local_as_full": baselines.ours(lt, p, "full")}
+    outs: dict[str, torch.Tensor] = {}
+
+    def ours_out(rule: str) -> torch.Tensor:
+        if rule not in outs:
+            outs[rule] = baselines.ours(lt, p, rule)()
+        return outs[rule]
+
+    base, info = baselines.try_baselines(p, deadline, ours_out)
+    fns.update(base)
+    row.update(info)
+    for name, fn in fns.items():
+        try:
+            row[f"{name}_ms"] = round(_bench(fn, device), 4)
+        except Exception as exc:
+            row[f"{name}_error"] = repr(exc)[:200]
+    if p.q_len == 1:
+        batch, ctx = p.seq_lens.shape[0], p.context
+        nbytes = batch * (min(p.sinks, ctx) + min(p.window, ctx - min(p.sinks, ctx))) * bytes_per_token  # K+V, bf16
+        row["bytes_read_mb"] = round(nbytes / 1e6, 2)
+        if row.get("local_ms"):
+            row["achieved_gbs"] = round(nbytes / row["local_ms"] / 1e6, 1)
+            if peak:
+                row["fraction_of_peak"] = round(row["achieved_gbs"] / peak, 3)
+    for name in fns:
+        if name != "local" and row.get(f"{name}_ms") and row.get("local_ms"):
+            row[f"{name}/local"] = round(row[f"{name}_ms"] / row["local_ms"], 2)
+    return row
+
+
+def _markdown(meta: dict[str, Any], corr: list[dict[str, Any]], checks: list[dict[str, Any]],
+              times: list[dict[str, Any]]) -> str:  # fmt: skip
     bad = [r for r in corr if not r["ok"]]
+    ran = [n for n in ("local_as_full", *baselines.BASELINES) if any(f"{n}_ms" in r for r in times)]
+    labels = {"local_as_full": "ours, W ≥ L"} | {n: label for n, (_, label, _) in baselines.BASELINES.items()}
+    errs: dict[str, list[str]] = {}  # first error -> baselines that never produced a figure
+    for n in baselines.BASELINES:
+        first = next((r[f"{n}_error"] for r in checks + times if f"{n}_error" in r), None)
+        if first and n not in ran:
+            errs.setdefault(first, []).append(n)
+    checked = {n: max(r[f"{n}_err"] for r in checks if f"{n}_err" in r) for n in baselines.BASELINES
+               if any(f"{n}_err" in r for r in checks)}  # fmt: skip
+    disagree = sorted({n for r in checks + times for n in r.get("disagree", [])})
     lines = [
         f"### Kernels (GPU) — {meta['date']}, {meta['device']}",
         "",
@@ -218,20 +191,37 @@ def _markdown(meta: dict[str, Any], corr: list[dict[str, Any]], times: list[dict
         f"Correctness: {len(corr) - len(bad)}/{len(corr)} cases within tolerance"
         + (f"; FAILED: {bad}" if bad else "; worst max-abs error "
            f"{max((r['max_abs_err'] for r in corr), default=0):.2e}."),
+        "Baselines vs the reference (small decode + prefill, worst row-relative error): "
+        + (", ".join(f"{n} {e:.1e}" for n, e in checked.items()) or "none ran")
+        + (f"; DISAGREE (not timed): {', '.join(disagree)}." if disagree else "."),
         "",
-        "| kind | batch | context | W | local ms | full (ours) ms | flash full | flash SWA | vLLM triton SWA | GB/s | % peak |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "Milliseconds per call; in brackets, baseline time / our local time.",
+        "",
+        "| " + " | ".join(["kind", "batch", "context", "W", "local ms", *(labels[n] for n in ran), "GB/s", "% peak"]) + " |",
+        "|---" * (7 + len(ran)) + "|",
     ]  # fmt: skip
     for r in times:
         if "skipped" in r:
-            lines.append(f"| {r['kind']} | {r['batch']} | {r['context']} | skipped ({r['skipped']}) |||||||")
+            lines.append(f"| {r['kind']} | {r['batch']} | {r['context']} | {r['window']} | skipped ({r['skipped']}) |"
+                         + " |" * (len(ran) + 2))  # fmt: skip
             continue
         pct = f"{100 * r['fraction_of_peak']:.0f}%" if "fraction_of_peak" in r else ""
-        cells = [r["kind"], r["batch"], r["context"], r["window"], r.get("local_ms", r.get("local_error", "")),
-                 r.get("local_as_full_ms", ""), r.get("flash_full_ms", ""), r.get("flash_swa_ms", ""),
-                 r.get("vllm_triton_swa_ms", ""), r.get("achieved_gbs", ""), pct]  # fmt: skip
-        lines.append("| " + " | ".join(str(x) for x in cells) + " |")
+        cells = [r["kind"], r["batch"], r["context"], r["window"], r.get("local_ms", r.get("local_error", ""))]
+        cells += [f"{r[f'{n}_ms']} ({r[f'{n}/local']}x)" if f"{n}/local" in r else "n/a" for n in ran]
+        lines.append("| " + " | ".join(str(x) for x in [*cells, r.get("achieved_gbs", ""), pct]) + " |")
+    if "error" in meta:
+        lines += ["", f"STOPPED EARLY: {meta['error'].strip().splitlines()[-1]}"]
+    if errs:
+        lines += ["", "Not timed: " + "; ".join(f"{', '.join(ns)}: {e}" for e, ns in errs.items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+class Stopped(BaseException):
+    """SIGTERM from the script's hard time limit; not an ``Exception``, so no per-baseline handler swallows it."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise Stopped(f"signal {signum}: the hard time limit")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,10 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, nargs="?", default=Path("benchmarks/results"))
     parser.add_argument("--dry-run", action="store_true", help="CPU + TRITON_INTERPRET=1, tiny shapes")
     parser.add_argument(
-        "--budget", type=float, default=240.0, help="seconds after which no new section starts"
+        "--budget", type=float, default=150.0, help="seconds after which no new row or baseline starts"
     )
     args = parser.parse_args(argv)
     start = time.monotonic()
+    signal.signal(signal.SIGTERM, _stop)
     device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
     if device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels (and Triton's own helpers) are decorated
@@ -263,26 +254,28 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     print(json.dumps(meta), flush=True)
     corr: list[dict[str, Any]] = []
+    checks: list[dict[str, Any]] = []
     times: list[dict[str, Any]] = []
     try:
         corr = correctness(lt, device, small)
-        print(
-            f"correctness: {sum(r['ok'] for r in corr)}/{len(corr)} ok ({time.monotonic() - start:.0f} s)",
-            flush=True,
-        )
-        times = timings(lt, device, small, start + args.budget, peak)
-    except Exception:
+        print(f"correctness: {sum(r['ok'] for r in corr)}/{len(corr)} ok ({time.monotonic() - start:.0f} s)",
+              flush=True)  # fmt: skip
+        checks = check_baselines(device, start + args.budget)
+        print(f"baselines vs reference: {checks} ({time.monotonic() - start:.0f} s)", flush=True)
+        timings(lt, device, small, start + args.budget, peak, times)
+    except (Exception, Stopped):
         traceback.print_exc()
         meta["error"] = traceback.format_exc()[-2000:]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kernels_gpu.json").write_text(
-        json.dumps({"meta": meta, "correctness": corr, "timings": times}, indent=1)
+        json.dumps({"meta": meta, "correctness": corr, "baseline_checks": checks, "timings": times}, indent=1)
     )
-    md = _markdown(meta, corr, times)
+    md = _markdown(meta, corr, checks, times)
     (args.out / "kernels_gpu.md").write_text(md)
     print(md)
     print(f"wrote {args.out / 'kernels_gpu.json'} and kernels_gpu.md in {time.monotonic() - start:.0f} s")
-    return 0 if corr and all(r["ok"] for r in corr) and "error" not in meta else 1
+    agree = not any(r.get("disagree") for r in checks + times)
+    return 0 if corr and all(r["ok"] for r in corr) and agree and "error" not in meta else 1
 
 
 if __name__ == "__main__":

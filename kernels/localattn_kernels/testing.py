@@ -25,6 +25,7 @@ class PagedCase:
     keys: torch.Tensor  # [total_k, Hkv, D], dense, for the reference
     values: torch.Tensor
     cu_seqlens_k: torch.Tensor
+    kv_cache: torch.Tensor  # the one tensor vLLM allocates per layer; key_cache and value_cache are views of it
 
     def reference(self, *, window: int, sinks: int, scale: float) -> torch.Tensor:
         return local_attention(
@@ -86,4 +87,5 @@ def make_case(
         keys=torch.cat(ks).to(device),
         values=torch.cat(vs).to(device),
         cu_seqlens_k=k_lens.cumsum(0).to(torch.int32).to(device),
+        kv_cache=kv,
     )

@@ -44,7 +44,7 @@ def test_device_check_dry_run_writes_results(tmp_path: Path) -> None:
     assert all(label in header for label in ("ours, W ≥ L", "FA2 (SDPA) full", "Flex full", "Flex sinks+window"))
     decode = next(line for line in md.splitlines() if line.startswith("| decode |"))
     assert decode.count("x) |") >= 4 and decode.count("|") == header.count("|")
-    tests = "`pytest tests/kernels/test_kernels_triton.py tests/runtime/test_backend_gpu.py -k \"not builder\"`"
+    tests = "`pytest tests/kernels/test_kernels_triton.py tests/runtime/test_backend_gpu.py::test_local_forward_matches_reference`"
     assert f"{tests}): not run in a dry run." in md
 
 

@@ -2,8 +2,8 @@
 
 Registered as `CUSTOM` and chosen with `--attention-backend CUSTOM`. Global layers run vLLM's Triton kernel
 unchanged; a local layer runs `triton_forward.local_forward` (minContextLength split, then
-`localattn_kernels.triton`). That forward syncs with the host, so the backend's builder keeps attention out of
-CUDA graphs (`LocalAttnTritonMetadataBuilder`).
+`localattn_kernels.triton`). The backend's builder keeps attention out of CUDA graphs
+(`LocalAttnTritonMetadataBuilder`).
 
 Status: written against vLLM 0.32's `triton_attn.py`; the kernels and `triton_forward.local_forward` are tested
 under `TRITON_INTERPRET=1` on CPU tensors and compiled for sm_80/sm_90, but the backend as a whole has not run
@@ -27,15 +27,18 @@ from localattn_runtime.triton_forward import local_forward
 
 
 class LocalAttnTritonMetadataBuilder(TritonAttentionMetadataBuilder):
-    """vLLM's Triton metadata builder, declaring that our forward cannot be captured in a CUDA graph.
+    """vLLM's Triton metadata builder, declaring that our forward is not captured in CUDA graphs.
 
     vLLM's Triton builder says ALWAYS, so under the default cudagraph mode (FULL_AND_PIECEWISE) vLLM would
-    capture decode steps in one FULL graph, attention included. A local layer's forward reads the step's
-    shape on the host (`int(query_start_loc[-1])`, and `split_queries`: sums, `nonzero`, maxima) and
-    launches kernels whose grids and minContextLength split follow from those values: inside stream
-    capture the syncs fail, and even without them a replayed graph would keep the split and grids of the
-    captured step while the batch's seq_lens move on. UNIFORM_SINGLE_TOKEN_DECODE (the next level up) still
-    captures decode-only steps whole, so it is not safe either; NEVER is the highest level that is.
+    capture decode steps in one FULL graph, attention included. With dynamic scope (minContextLength > 1) a
+    local layer's forward reads the batch on the host to split it (`split_queries`: sums, `nonzero`, maxima)
+    and launches kernels whose grids follow from those values: inside stream capture the reads fail, and a
+    replayed graph would keep the split of the captured step while the batch's seq_lens move on. Without
+    dynamic scope the forward reads nothing from the device (tested), but its decode kernel's split count
+    and Triton specialisation change with the batch size, so capture would also compile, and replay has
+    only been checked at the kernel level (`tests/runtime/test_backend_gpu.py`, on a GPU) — never inside a
+    running vLLM, which the GPU machine this project borrows cannot run. UNIFORM_SINGLE_TOKEN_DECODE (the
+    next level up) would capture decode-only steps whole; NEVER is the level known to be safe.
     vLLM then downgrades FULL_AND_PIECEWISE to PIECEWISE (logging a warning that names this backend and
     "support: AttentionCGSupport.NEVER"): the layers between attention ops still run as captured pieces,
     attention runs eagerly between them. An explicit FULL / FULL_DECODE_ONLY mode is refused at startup by
@@ -68,8 +71,8 @@ class LocalAttnTritonImpl(LocalLayerMixin, TritonAttentionImpl):
         out3 = output.view(output.shape[0], self.num_heads, self.head_size)
         local_forward(query, key_cache, value_cache, out3, block_table=attn_metadata.block_table,
                       seq_lens=attn_metadata.seq_lens, query_start_loc=attn_metadata.query_start_loc,
-                      max_query_len=attn_metadata.max_query_len, cfg=self._cfg, scale=self.scale,
-                      max_model_len=self._vllm_config.model_config.max_model_len)
+                      num_actual_tokens=attn_metadata.num_actual_tokens, max_query_len=attn_metadata.max_query_len,
+                      cfg=self._cfg, scale=self.scale, max_model_len=self._vllm_config.model_config.max_model_len)
         return output
 
 

@@ -1,7 +1,9 @@
 """The GPU backend: its CUDA-graph declaration, and its local-layer path (`triton_forward.local_forward`: per-token
 split + Triton kernels) against the torch reference, under TRITON_INTERPRET=1 on CPU when no GPU is present (in a
-fresh interpreter: Triton binds interpret mode at import). (The vLLM engine-level GPU run needs a GPU: see
-docs/runtime.md.)"""
+fresh interpreter: Triton binds interpret mode at import). Without dynamic scope the path must not read the
+device from the host; on a GPU it must also survive CUDA graph capture and replay with moved lengths (that
+part needs a GPU: `benchmarks/device_check.sh` runs this test there). (The vLLM engine-level GPU run needs
+vLLM on a GPU: see docs/runtime.md.)"""
 
 from __future__ import annotations
 
@@ -14,27 +16,82 @@ import pytest
 
 SCRIPT = r"""
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from localattn_kernels.reference import local_attention
 from localattn_kernels.testing import make_case
 from localattn_runtime.triton_forward import local_forward
 from localattn_runtime.config import parse
+
+class NoHostReads(TorchDispatchMode):
+    # item(), int(), bool() of a tensor and nonzero() all reach these ops: on a GPU, each waits for the device.
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default):
+            raise AssertionError(f"host read of a device tensor: {func}")
+        return func(*args, **(kwargs or {}))
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
 reqs = [(1, 200), (40, 180), (7, 7), (30, 100), (1, 159), (1, 160)]  # (queries, sequence length)
 case = make_case(reqs, num_heads=4, num_kv_heads=2, head_size=32, block_size=16, dtype=torch.float32,
                  gpu_layout=True, device=device)
-cfg = parse({"windowSize": 24, "sinkTokens": 3, "minContextLength": 160})
-for c in (cfg, parse({"windowSize": 24, "sinkTokens": 3})):
-    out = torch.zeros_like(case.query)
+n = case.query.shape[0]
+
+def run(cfg, out, seq_lens=case.seq_lens, qsl=case.query_start_loc, max_query_len=40):
     local_forward(case.query, case.key_cache, case.value_cache, out, block_table=case.block_table,
-                  seq_lens=case.seq_lens, query_start_loc=case.query_start_loc, max_query_len=40, cfg=c,
-                  scale=0.2, max_model_len=4096)
-    full = case.reference(window=10**6, sinks=0, scale=0.2)
-    local = case.reference(window=24, sinks=3, scale=0.2)
-    pos = torch.cat([torch.arange(s - q, s) for q, s in reqs]).to(device)
-    expected = torch.where((pos >= c.min_context_length - 1)[:, None, None], local, full)
+                  seq_lens=seq_lens, query_start_loc=qsl, num_actual_tokens=n, max_query_len=max_query_len,
+                  cfg=cfg, scale=0.2, max_model_len=4096)
+
+full = case.reference(window=10**6, sinks=0, scale=0.2)
+local = case.reference(window=24, sinks=3, scale=0.2)
+pos = torch.cat([torch.arange(s - q, s) for q, s in reqs]).to(device)
+for cfg in (parse({"windowSize": 24, "sinkTokens": 3, "minContextLength": 160}),
+            parse({"windowSize": 24, "sinkTokens": 3})):
+    out = torch.zeros_like(case.query)
+    if cfg.min_context_length > 1:
+        run(cfg, out)
+    else:  # no dynamic scope: nothing may wait for the device
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode("error")
+        with NoHostReads():
+            run(cfg, out)
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+    expected = torch.where((pos >= cfg.min_context_length - 1)[:, None, None], local, full)
     err = (out - expected).abs().max().item()
     assert err < 1e-4, err
     assert (out - full).abs().max().item() > 1e-2  # the local rows really are local
+
+if device == "cuda":
+    # A decode step captured in a CUDA graph, then replayed after the lengths moved: the kernels must read
+    # seq_lens / query_start_loc from the device at replay, not keep what they saw at capture.
+    cfg = parse({"windowSize": 24, "sinkTokens": 3})
+    rows = [i for i, (q, _) in enumerate(reqs) if q == 1]
+    query = case.query[case.query_start_loc[rows].long()].clone()
+    seq_lens = case.seq_lens[rows].clone()
+    qsl = torch.arange(len(rows) + 1, dtype=torch.int32, device=device)
+    table = case.block_table[rows].clone()
+    out = torch.zeros_like(query)
+    step = lambda: local_forward(query, case.key_cache, case.value_cache, out, block_table=table,
+                                 seq_lens=seq_lens, query_start_loc=qsl, num_actual_tokens=len(rows),
+                                 max_query_len=1, cfg=cfg, scale=0.2, max_model_len=4096)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # compiles the kernels outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    shorter = torch.tensor([37, 150, 3, 120], dtype=torch.int32, device=device)[: len(rows)]
+    seq_lens.copy_(shorter)
+    graph.replay()
+    torch.cuda.synchronize()
+    starts = case.cu_seqlens_k[rows].long()
+    keys = torch.cat([case.keys[a : a + int(m)] for a, m in zip(starts.tolist(), shorter.tolist())])
+    values = torch.cat([case.values[a : a + int(m)] for a, m in zip(starts.tolist(), shorter.tolist())])
+    cu_k = torch.cat([shorter.new_zeros(1), shorter.cumsum(0)]).to(torch.int32)
+    want = local_attention(query, keys, values, cu_seqlens_q=qsl, cu_seqlens_k=cu_k, window=24, sinks=3, scale=0.2)
+    err = (out - want).abs().max().item()
+    assert err < 1e-4, ("CUDA graph replay", err)
 print("ok")
 """
 

@@ -30,15 +30,13 @@ class LocalAttnTritonMetadataBuilder(TritonAttentionMetadataBuilder):
     """vLLM's Triton metadata builder, declaring that our forward is not captured in CUDA graphs.
 
     vLLM's Triton builder says ALWAYS, so under the default cudagraph mode (FULL_AND_PIECEWISE) vLLM would
-    capture decode steps in one FULL graph, attention included. With dynamic scope (minContextLength > 1) a
-    local layer's forward reads the batch on the host to split it (`split_queries`: sums, `nonzero`, maxima)
-    and launches kernels whose grids follow from those values: inside stream capture the reads fail, and a
-    replayed graph would keep the split of the captured step while the batch's seq_lens move on. Without
-    dynamic scope the forward reads nothing from the device (tested), but its decode kernel's split count
-    and Triton specialisation change with the batch size, so capture would also compile, and replay has
-    only been checked at the kernel level (`tests/runtime/test_backend_gpu.py`, on a GPU) — never inside a
-    running vLLM, which the GPU machine this project borrows cannot run. UNIFORM_SINGLE_TOKEN_DECODE (the
-    next level up) would capture decode-only steps whole; NEVER is the level known to be safe.
+    capture decode steps in one FULL graph, attention included. Our local forward reads nothing from the
+    device on the host (minContextLength is applied inside the kernels; tested), so capture would not fail on
+    a sync; but the decode kernel's split count and Triton specialisation change with the batch size, and
+    capture and replay have only been checked at the kernel level (`tests/runtime/test_backend_gpu.py`, on a
+    GPU), never inside a running vLLM, which the GPU machine this project borrows cannot run.
+    UNIFORM_SINGLE_TOKEN_DECODE (the next level up) would capture decode-only steps whole; NEVER is the level
+    known to be safe.
     vLLM then downgrades FULL_AND_PIECEWISE to PIECEWISE (logging a warning that names this backend and
     "support: AttentionCGSupport.NEVER"): the layers between attention ops still run as captured pieces,
     attention runs eagerly between them. An explicit FULL / FULL_DECODE_ONLY mode is refused at startup by
@@ -72,7 +70,7 @@ class LocalAttnTritonImpl(LocalLayerMixin, TritonAttentionImpl):
         local_forward(query, key_cache, value_cache, out3, block_table=attn_metadata.block_table,
                       seq_lens=attn_metadata.seq_lens, query_start_loc=attn_metadata.query_start_loc,
                       num_actual_tokens=attn_metadata.num_actual_tokens, max_query_len=attn_metadata.max_query_len,
-                      cfg=self._cfg, scale=self.scale, max_model_len=self._vllm_config.model_config.max_model_len)
+                      cfg=self._cfg, scale=self.scale)
         return output
 
 

@@ -116,6 +116,28 @@ def test_decode_kernel_split_kv(
         torch.testing.assert_close(got, want, **TOL[dtype])
 
 
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_queries_below_full_below_attend_to_their_whole_prefix(num_splits: int) -> None:
+    """The runtime's minContextLength inside the kernels: positions < full_below use the full causal rule."""
+    requests = [(1, 90), (1, 91), (1, 300), (60, 120), (5, 5), (30, 200)]
+    case = _case(requests, num_heads=4, num_kv_heads=2, head_size=64, block_size=16, dtype=torch.float16)
+    pos = torch.cat([torch.arange(s - q, s) for q, s in requests]).to(DEVICE)
+    full = case.reference(window=10**6, sinks=0, scale=0.1)
+    local = case.reference(window=WINDOW, sinks=SINKS, scale=0.1)
+    want = torch.where((pos < 90)[:, None, None], full, local)
+    got = _run(case, window=WINDOW, sinks=SINKS, scale=0.1, full_below=90)
+    torch.testing.assert_close(got, want, **TOL[torch.float16])
+    decode = _case(requests[:3], num_heads=4, num_kv_heads=2, head_size=64, block_size=16, dtype=torch.float16)
+    full = decode.reference(window=10**6, sinks=0, scale=0.1)
+    local = decode.reference(window=WINDOW, sinks=SINKS, scale=0.1)
+    assert (full[0] - local[0]).abs().max() > 0.05  # position 89: the two rules really differ there
+    want = torch.cat([full[:1], local[1:]])  # positions 89 | 90, 299
+    got = _run(decode, window=WINDOW, sinks=SINKS, scale=0.1, full_below=90, num_splits=num_splits)
+    torch.testing.assert_close(got, want, **TOL[torch.float16])
+    with pytest.raises(ValueError, match="full_below"):
+        _run(case, window=WINDOW, sinks=SINKS, scale=0.1, full_below=-1)
+
+
 def test_fp32_and_odd_head_size() -> None:
     case = _case(
         [(1, 70), (6, 33)], num_heads=4, num_kv_heads=2, head_size=80, block_size=32, dtype=torch.float32

@@ -49,16 +49,22 @@ def paged_local_attention(
     out: torch.Tensor | None = None,
     max_query_len: int | None = None,
     num_splits: int | None = None,
+    full_below: int = 0,
 ) -> torch.Tensor:
     """Same contract as :func:`localattn_kernels.cpu.paged_local_attention`, on GPU tensors.
 
     ``max_query_len`` (vLLM's metadata has it) avoids a device sync to choose between the decode kernel
     (all requests have one query; split-KV + LSE combine) and the prefill kernel (anything else).
+    ``full_below``: queries at positions below it attend to their whole prefix (causal full attention), the
+    rest by the sinks + window rule; the runtime's minContextLength, applied per token inside the kernels
+    so that the host never reads the batch.
     """
     check_paged_args(
         query, key_cache, value_cache, block_table, seq_lens, query_start_loc, window, sinks,
         head_dim_axis=3, heads_axis=2, block_axis=1,
     )  # fmt: skip
+    if isinstance(full_below, bool) or not isinstance(full_below, int) or full_below < 0:
+        raise ValueError(f"full_below must be an int >= 0, got {full_below!r}")
     if query.device.type != "cuda" and not _interpreting():
         raise ValueError(
             "localattn_kernels.triton needs CUDA tensors (or TRITON_INTERPRET=1 for CPU testing)"
@@ -78,15 +84,15 @@ def paged_local_attention(
         return out3
     if max_query_len == 1:
         splits = num_splits or default_num_splits(
-            seq_lens.shape[0], key_cache.shape[2], window, sinks, query.device
+            seq_lens.shape[0], key_cache.shape[2], max(window, full_below), sinks, query.device
         )
         decode(
             query, key_cache, value_cache, out3, block_table, seq_lens, query_start_loc,
-            window=window, sinks=sinks, scale=scale, num_splits=splits,
+            window=window, sinks=sinks, scale=scale, num_splits=splits, full_below=full_below,
         )  # fmt: skip
     else:
         prefill(
             query, key_cache, value_cache, out3, block_table, seq_lens, query_start_loc,
-            window=window, sinks=sinks, scale=scale,
+            window=window, sinks=sinks, scale=scale, full_below=full_below,
         )  # fmt: skip
     return out3

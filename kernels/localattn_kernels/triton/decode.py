@@ -4,7 +4,9 @@ Math: the query at position ``p = seq_len - 1`` reads the ``n = min(S, L) + (L -
 sinks | window, enumerated as one virtual range ``v in [0, n)`` (sinks first, then the window); split ``s`` of
 ``NUM_SPLITS`` handles ``v in [s * SPLIT, (s + 1) * SPLIT)`` with an online softmax and writes its normalised
 output and base-2 log-sum-exp; :func:`_combine_kernel` merges splits by
-``o = sum_s 2^(lse_s - m) o_s / sum_s 2^(lse_s - m)``. Nothing outside sinks | window is loaded.
+``o = sum_s 2^(lse_s - m) o_s / sum_s 2^(lse_s - m)``. Nothing outside sinks | window is loaded. A query at a
+position below ``full_below`` (the runtime's minContextLength rule) attends to its whole prefix instead: the
+same enumeration with the window widened to the sequence and no separate sinks.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ LOG2E = 1.4426950408889634
 def _decode_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, part_o_ptr, part_lse_ptr,
     block_table_ptr, seq_lens_ptr, qsl_ptr,
-    scale_log2e, window, sinks,
+    scale_log2e, window, sinks, full_below,
     stride_qt, stride_qh, stride_qd,
     stride_ot, stride_oh, stride_od,
     stride_kb, stride_kt, stride_kh, stride_kd,
@@ -46,6 +48,9 @@ def _decode_kernel(
     if tl.load(qsl_ptr + seq_idx + 1) == q_row:  # padded request without a query: write nothing
         return
 
+    is_full = seq_len - 1 < full_below
+    window = tl.where(is_full, seq_len, window)
+    sinks = tl.where(is_full, 0, sinks)
     n_sink = tl.minimum(sinks, seq_len)
     win_lo = tl.maximum(seq_len - window, sinks)
     n_tok = n_sink + tl.maximum(seq_len - win_lo, 0)
@@ -137,6 +142,7 @@ def decode(
     sinks: int,
     scale: float,
     num_splits: int,
+    full_below: int = 0,
     block_n: int | None = None,
 ) -> None:
     """Launch the decode kernel (+ the LSE combine when ``num_splits > 1``); every request has <= 1 query."""
@@ -146,7 +152,7 @@ def decode(
     group = num_heads // num_kv_heads
     block_n = block_n or tile_sizes(query.dtype)[0]
     block_d = padded_head_size(head_size)
-    total = sinks + window
+    total = max(sinks + window, full_below)  # the most keys one query reads
     split = triton.cdiv(triton.cdiv(total, num_splits), block_n) * block_n
     num_splits = max(1, triton.cdiv(total, split))
     if num_splits > 1:
@@ -159,7 +165,7 @@ def decode(
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         query, key_cache, value_cache, out, part_o, part_lse,
         block_table, seq_lens, query_start_loc,
-        scale * LOG2E, window, sinks,
+        scale * LOG2E, window, sinks, full_below,
         *query.stride(), *out.stride(), *key_cache.stride(), *value_cache.stride(), block_table.stride(0),
         NUM_HEADS=num_heads, GROUP=group, HEAD_SIZE=head_size, BLOCK_D=block_d,
         BLOCK_M=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, PAGE=page, UPCAST=upcast_dots(query.dtype),

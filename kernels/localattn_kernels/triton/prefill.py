@@ -5,7 +5,9 @@ of one KV head (``BLOCK_M = BLOCK_Q * GROUP`` rows, so K/V tiles are loaded once
 positions ``[first, last]`` it walks two key ranges, never anything else:
 sinks ``[0, min(S, last + 1))`` with ``allowed = j < S and j <= i``, and the window
 ``[max(first - W + 1, S), last]`` with ``allowed = j >= S and i - W < j <= i`` (disjoint, union = the rule
-``j <= i and (j < S or j > i - W)``), with an online softmax in fp32.
+``j <= i and (j < S or j > i - W)``), with an online softmax in fp32. Queries at positions below ``full_below``
+(the runtime's minContextLength rule) attend to their whole prefix: a program holding one starts its window
+walk at ``S`` and lets those rows through the window test.
 Programs find their request by binary search over ``query_start_loc // BLOCK_Q + r`` (as vLLM's unified
 attention does), so the launch needs no host sync.
 """
@@ -45,7 +47,7 @@ def _find_seq(qsl_ptr, num_seqs, target, BLOCK_Q: tl.constexpr):
 def _prefill_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr,
     block_table_ptr, seq_lens_ptr, qsl_ptr, num_seqs,
-    scale_log2e, window, sinks,
+    scale_log2e, window, sinks, full_below,
     stride_qt, stride_qh, stride_qd,
     stride_ot, stride_oh, stride_od,
     stride_kb, stride_kt, stride_kh, stride_kd,
@@ -95,11 +97,12 @@ def _prefill_kernel(
             scale_log2e, PAGE, BLOCK_D, HEAD_SIZE, UPCAST, DOT_PRECISION,
         )  # fmt: skip
 
-    win_lo = tl.maximum(first - window + 1, sinks)
+    win_lo = tl.where(first < full_below, sinks, tl.maximum(first - window + 1, sinks))
     for start in range((win_lo // BLOCK_N) * BLOCK_N, last + 1, BLOCK_N):
         j = start + tl.arange(0, BLOCK_N)
         jj = j[None, :]
-        allowed = (jj >= sinks) & (jj <= pos[:, None]) & (jj > pos[:, None] - window) & row_ok[:, None]
+        in_window = (jj > pos[:, None] - window) | (pos[:, None] < full_below)
+        allowed = (jj >= sinks) & (jj <= pos[:, None]) & in_window & row_ok[:, None]
         acc, m_i, l_i = attend_tile(
             acc, m_i, l_i, q, j, allowed, (j >= win_lo) & (j <= last), seq_idx, kvh,
             k_ptr, v_ptr, block_table_ptr, stride_bt,
@@ -128,6 +131,7 @@ def prefill(
     window: int,
     sinks: int,
     scale: float,
+    full_below: int = 0,
     block_m: int | None = None,
     block_n: int | None = None,
 ) -> None:
@@ -145,7 +149,7 @@ def prefill(
     _prefill_kernel[grid](
         query, key_cache, value_cache, out,
         block_table, seq_lens, query_start_loc, num_seqs,
-        scale * LOG2E, window, sinks,
+        scale * LOG2E, window, sinks, full_below,
         *query.stride(), *out.stride(), *key_cache.stride(), *value_cache.stride(), block_table.stride(0),
         GROUP=group, HEAD_SIZE=head_size, BLOCK_D=padded_head_size(head_size),
         BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n, PAGE=page, UPCAST=upcast_dots(query.dtype),

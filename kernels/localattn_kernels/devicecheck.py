@@ -67,38 +67,43 @@ def _peak_gbs(device: str) -> tuple[float, str]:
     return 2 * buf.numel() / ms / 1e6, "measured device copy"
 
 
-def correctness(lt: Any, device: str, small: bool) -> list[dict[str, Any]]:
-    from localattn_kernels.testing import make_case
+def correctness(lt: Any, device: str, small: bool, rows: list[dict[str, Any]]) -> None:
+    """Every Triton path against the reference; appends one row per case (a run stopped midway keeps them)."""
+    from localattn_kernels.testing import TRITON_COVER_WITH_FP32, make_case
 
     window, sinks = (40, 4) if small else (200, 4)
     mixed = [(1, 3), (1, sinks), (1, window + sinks), (1, window + sinks + 1), (37, 37), (20, 130), (1, 300)]
     if not small:
         mixed += [(1, 5000), (700, 2000), (1, 1)]
     decode = [(1, n) for n in (1, sinks, window - 1, window + sinks + 1, 300, 1000 if small else 9000)]
-    tol = {torch.float16: 4e-3, torch.bfloat16: 3e-2}
-    rows = []
-    combos = [(64, 1, 16, torch.float16), (64, 4, 32, torch.bfloat16), (64, 8, 128, torch.float16),
-              (128, 1, 128, torch.bfloat16), (128, 4, 16, torch.float16), (128, 8, 32, torch.bfloat16)]  # fmt: skip
+    full_below = window + sinks + 5  # the runtime's minContextLength: earlier positions attend fully
+    tol = {torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float32: 1e-4}
+    combos = TRITON_COVER_WITH_FP32
     for head_size, group, block_size, dtype in combos[1:2] if small else combos:
-        for name, reqs, splits in (
-            ("mixed", mixed, None),
-            ("decode", decode, 1),
-            ("decode-split", decode, 4),
+        for name, reqs, splits, below in (
+            ("mixed", mixed, None, 0),
+            ("decode", decode, 1, 0),
+            ("decode-split", decode, 4, 0),
+            ("mixed-full-below", mixed, None, full_below),
+            ("decode-split-full-below", decode, 4, full_below),
         ):
             for s in (sinks, 0):
                 case = make_case(reqs, num_heads=2 * group, num_kv_heads=2, head_size=head_size,
                                  block_size=block_size, dtype=dtype, gpu_layout=True, device=device)  # fmt: skip
                 ref = case.reference(window=window, sinks=s, scale=head_size**-0.5)
+                if below:
+                    pos = torch.cat([torch.arange(n - q, n) for q, n in reqs]).to(device)
+                    full = case.reference(window=10**6, sinks=0, scale=head_size**-0.5)
+                    ref = torch.where((pos < below)[:, None, None], full, ref)
                 got = lt.paged_local_attention(
                     case.query, case.key_cache, case.value_cache, block_table=case.block_table,
                     seq_lens=case.seq_lens, query_start_loc=case.query_start_loc, window=window, sinks=s,
-                    scale=head_size**-0.5, num_splits=splits,
+                    scale=head_size**-0.5, num_splits=splits, full_below=below,
                 )  # fmt: skip
                 err = float((got.float() - ref.float()).abs().max())
                 rows.append({"case": name, "head_size": head_size, "group": group, "block_size": block_size,
                              "dtype": str(dtype).removeprefix("torch."), "sinks": s, "max_abs_err": err,
                              "ok": err <= tol[dtype] * 4 and not torch.isnan(got).any().item()})  # fmt: skip
-    return rows
 
 
 def check_baselines(device: str, deadline: float) -> list[dict[str, Any]]:
@@ -257,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     checks: list[dict[str, Any]] = []
     times: list[dict[str, Any]] = []
     try:
-        corr = correctness(lt, device, small)
+        correctness(lt, device, small, corr)
         print(f"correctness: {sum(r['ok'] for r in corr)}/{len(corr)} ok ({time.monotonic() - start:.0f} s)",
               flush=True)  # fmt: skip
         checks = check_baselines(device, start + args.budget)

@@ -13,6 +13,20 @@ import torch
 from localattn_kernels import layout
 from localattn_kernels.reference import local_attention
 
+#: (head_size, GQA group, block size, dtype) for the Triton kernels' tests, compile check and device check: every
+#: value of each axis (head sizes 64/128, groups 1/4/8, block sizes 16/32/128, fp16/bf16) appears, in varied
+#: combinations (the full product is too slow under the interpreter).
+TRITON_COVER: list[tuple[int, int, int, torch.dtype]] = [
+    (64, 1, 16, torch.float16),
+    (64, 4, 32, torch.bfloat16),
+    (64, 8, 128, torch.float16),
+    (128, 1, 128, torch.bfloat16),
+    (128, 4, 16, torch.float16),
+    (128, 8, 32, torch.bfloat16),
+]
+#: The same plus fp32, which the Triton kernels run with tiles of their own (IEEE dots on FMA units).
+TRITON_COVER_WITH_FP32 = [*TRITON_COVER, (128, 4, 16, torch.float32)]
+
 
 @dataclass
 class PagedCase:

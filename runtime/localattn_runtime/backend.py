@@ -94,7 +94,7 @@ class LocalAttnMetadataBuilder(CPUAttentionMetadataBuilder):
 class LocalAttnImpl(LocalLayerMixin, CPUAttentionBackendImpl):
     """Stock CPU attention on global layers; sink + window attention on local ones."""
 
-    def _unsupported_kv_cache(self) -> str | None:
+    def _unsupported_by_backend(self) -> str | None:
         if self.is_fp8_kv_cache:
             return ("localattn: local layers on CPU need an unquantized KV cache (kvCacheDtype auto); "
                     "fp8 is not supported by the CPU local kernel")

@@ -1,8 +1,8 @@
 """vLLM's Triton attention backend with sink + window attention on local layers (NVIDIA GPUs, regular `vllm`).
 
 Registered as `CUSTOM` and chosen with `--attention-backend CUSTOM`. Global layers run vLLM's Triton kernel
-unchanged; a local layer runs `triton_forward.local_forward` (minContextLength split, then
-`localattn_kernels.triton`). The backend's builder keeps attention out of CUDA graphs
+unchanged; a local layer runs `triton_forward.local_forward` (`localattn_kernels.triton` with the layer's window,
+sinks and minContextLength). The backend's builder keeps attention out of CUDA graphs
 (`LocalAttnTritonMetadataBuilder`).
 
 Status: written against vLLM 0.32's `triton_attn.py`; the kernels and `triton_forward.local_forward` are tested
@@ -47,21 +47,30 @@ class LocalAttnTritonMetadataBuilder(TritonAttentionMetadataBuilder):
 
 
 class LocalAttnTritonImpl(LocalLayerMixin, TritonAttentionImpl):
-    def _unsupported_kv_cache(self) -> str | None:
+    def _unsupported_by_backend(self) -> str | None:
         from vllm.utils.torch_utils import is_quantized_kv_cache
 
         if is_quantized_kv_cache(self.kv_cache_dtype):
             return (f"localattn: local layers need an unquantized KV cache (kvCacheDtype auto, bfloat16 or float16), "
                     f"got {self.kv_cache_dtype}")
+        if self.chunk_lookback != -1:
+            return "localattn: local layers do not support chunked-local attention (chunk_lookback)"
         return None
+
+    def fused_output_quant_supported(self, quant_key: Any) -> bool:
+        """No: the local kernels write the output in the model's dtype; vLLM then quantises it as a separate op
+        (without this, vLLM could fuse fp8 output quantisation into attention and hand forward an output_scale)."""
+        return False
 
     def forward(self, layer: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor, attn_metadata: Any, output: torch.Tensor,
                 output_scale: torch.Tensor | None = None, output_block_scale: torch.Tensor | None = None,
                 ) -> torch.Tensor:
-        if attn_metadata is None or output_scale is not None or not self._is_local(layer):
+        if attn_metadata is None or not self._is_local(layer):
             return super().forward(layer, query, key, value, kv_cache, attn_metadata, output, output_scale,
                                    output_block_scale)
+        if output_scale is not None or output_block_scale is not None:
+            raise NotImplementedError("localattn: local layers cannot fuse output quantisation")
         assert self._cfg is not None
         from localattn_kernels.layout import split_kv_cache_gpu
 

@@ -70,14 +70,28 @@ class LocalLayerMixin:
         self._cfg: LocalAttnConfig | None = None
 
     @abstractmethod
-    def _unsupported_kv_cache(self) -> str | None:
-        """Why this impl's KV cache cannot serve local layers (a quantised cache), or None: per backend."""
+    def _unsupported_by_backend(self) -> str | None:
+        """Why this backend cannot run this layer locally (a quantised KV cache, say), or None."""
+
+    def _unsupported(self) -> str | None:
+        """Why the local kernels cannot stand in for this layer's attention, or None.
+
+        They compute plain scaled softmax attention; a layer that also asks vLLM's kernel for ALiBi, a logits
+        soft cap or learned per-head attention sinks (gpt-oss) would silently lose them, so it is refused.
+        """
+        if getattr(self, "alibi_slopes", None) is not None:
+            return "localattn: local layers do not support ALiBi (this model's attention uses alibi_slopes)"
+        if getattr(self, "logits_soft_cap", None):
+            return "localattn: local layers do not support a logits soft cap (this model's attention sets one)"
+        if getattr(self, "sinks", None) is not None:
+            return "localattn: local layers do not support learned attention sinks (this model's attention has them)"
+        return self._unsupported_by_backend()
 
     def _is_local(self, layer: Any) -> bool:
         if self._local is None:
             self._cfg = local_layer_config(layer, self._vllm_config)
             self._local = self._cfg is not None
-            reason = self._unsupported_kv_cache() if self._local else None
+            reason = self._unsupported() if self._local else None
             if reason is not None:
                 raise NotImplementedError(reason)
         return self._local

@@ -48,7 +48,7 @@ def test_device_check_dry_run_writes_results(tmp_path: Path) -> None:
     assert f"{tests}): not run in a dry run." in md
 
 
-def test_baseline_with_a_wrong_mask_is_caught_not_timed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_baseline_with_a_wrong_mask_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """A FlexAttention mask one key short of our window must fail the check against the reference."""
 
     def off_by_one(p: baselines.Problem, rule: str) -> Callable[[], Any]:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from localattn_kernels import layout
-from localattn_kernels.testing import PagedCase, make_case
+from localattn_kernels.testing import TRITON_COVER, PagedCase, make_case
 
 from .cases import DECODE, MIXED, SINKS, TOL, WINDOW
 
@@ -75,18 +75,7 @@ def _run(case: PagedCase, *, window: int, sinks: int, scale: float, **kw: object
     )  # fmt: skip
 
 
-# (head_size, group, block_size, dtype): every value of each axis appears, in varied combinations.
-COVER = [
-    (64, 1, 16, torch.float16),
-    (64, 4, 32, torch.bfloat16),
-    (64, 8, 128, torch.float16),
-    (128, 1, 128, torch.bfloat16),
-    (128, 4, 16, torch.float16),
-    (128, 8, 32, torch.bfloat16),
-]
-
-
-@pytest.mark.parametrize(("head_size", "group", "block_size", "dtype"), COVER)
+@pytest.mark.parametrize(("head_size", "group", "block_size", "dtype"), TRITON_COVER)
 def test_mixed_batch_prefill_kernel(head_size: int, group: int, block_size: int, dtype: torch.dtype) -> None:
     case = _case(
         MIXED, num_heads=group, num_kv_heads=1, head_size=head_size, block_size=block_size, dtype=dtype
@@ -99,7 +88,7 @@ def test_mixed_batch_prefill_kernel(head_size: int, group: int, block_size: int,
 
 
 @pytest.mark.parametrize("num_splits", [1, 3])
-@pytest.mark.parametrize(("head_size", "group", "block_size", "dtype"), [COVER[1], COVER[4]])
+@pytest.mark.parametrize(("head_size", "group", "block_size", "dtype"), [TRITON_COVER[1], TRITON_COVER[4]])
 def test_decode_kernel_split_kv(
     head_size: int, group: int, block_size: int, dtype: torch.dtype, num_splits: int
 ) -> None:
@@ -127,12 +116,14 @@ def test_queries_below_full_below_attend_to_their_whole_prefix(num_splits: int) 
     want = torch.where((pos < 90)[:, None, None], full, local)
     got = _run(case, window=WINDOW, sinks=SINKS, scale=0.1, full_below=90)
     torch.testing.assert_close(got, want, **TOL[torch.float16])
-    decode = _case(requests[:3], num_heads=4, num_kv_heads=2, head_size=64, block_size=16, dtype=torch.float16)
+    # Decode, split over the keys: the full-attention query reads 300 keys, the local ones 154 (W = 150, S = 4).
+    decode = _case([(1, 300), (1, 301), (1, 500)], num_heads=4, num_kv_heads=2, head_size=64, block_size=16,
+                   dtype=torch.float16)  # fmt: skip
     full = decode.reference(window=10**6, sinks=0, scale=0.1)
-    local = decode.reference(window=WINDOW, sinks=SINKS, scale=0.1)
-    assert (full[0] - local[0]).abs().max() > 0.05  # position 89: the two rules really differ there
-    want = torch.cat([full[:1], local[1:]])  # positions 89 | 90, 299
-    got = _run(decode, window=WINDOW, sinks=SINKS, scale=0.1, full_below=90, num_splits=num_splits)
+    local = decode.reference(window=150, sinks=SINKS, scale=0.1)
+    assert (full[0] - local[0]).abs().max() > 0.05  # position 299: the two rules really differ there
+    want = torch.cat([full[:1], local[1:]])  # positions 299 | 300, 499
+    got = _run(decode, window=150, sinks=SINKS, scale=0.1, full_below=300, num_splits=num_splits)
     torch.testing.assert_close(got, want, **TOL[torch.float16])
     with pytest.raises(ValueError, match="full_below"):
         _run(case, window=WINDOW, sinks=SINKS, scale=0.1, full_below=-1)

@@ -13,6 +13,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from localattn_kernels.testing import TRITON_COVER_WITH_FP32
 from localattn_kernels.triton import compile_check
 
 
@@ -25,25 +26,27 @@ def _compiler_mode(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_every_launch_compiles_without_spills_and_fits_shared_memory(arch: int) -> None:
     rows = compile_check.usage_table((arch,))
     # decode: 1 kernel, split decode: 2 (+ the LSE combine), prefill: 1 — for every covered shape.
-    assert len(rows) == 4 * len(compile_check.COVER)
+    assert len(rows) == 4 * len(TRITON_COVER_WITH_FP32)
     for row in rows:
         assert row["spill_stack"] == 0 and row["local"] == 0, row
         assert row["shared"] <= row["shared_limit"], row
         assert row["registers"] <= 255, row
-        if row["kernel"] != "combine_kernel":  # the LSE combine reads a few floats: no dots, no tiles to stream
-            assert row["cp_async"], row  # K/V tiles stream into shared memory while the previous tile computes
+        if row["kernel"] == "combine_kernel":  # the LSE combine reads a few floats: no dots, no tiles to stream
+            assert row["dots"] == "none" and not row["cp_async"], row
+        else:
+            assert row["cp_async"], row  # 16-byte cp.async: K/V tiles stream in while the previous tile computes
             want = "fma" if row["dtype"] == "float32" else "wgmma" if (arch, row["path"]) == (90, "prefill") else "mma"
             assert row["dots"] == want, row
 
 
 def test_the_check_sees_spills() -> None:
-    """fp32 with the 16-bit tiles spills on sm_90: the reason fp32 has its own tiles (`common.tile_sizes`)."""
+    """fp32 with the 16-bit tiles (64 x 32) spills on sm_90: the reason fp32 has its own (`common.tile_sizes`)."""
     from localattn_kernels.triton.prefill import prefill
 
     args = compile_check.paged_inputs(num_heads=8, num_kv_heads=2, head_size=128, block_size=16,
                                       dtype=torch.float32, query_len=48)  # fmt: skip
     (usage,) = compile_check.compile_launches(90, lambda: prefill(**args, window=64, sinks=4, scale=0.1,
-                                                                  block_m=32, block_n=32))  # fmt: skip
+                                                                  block_m=64, block_n=32))  # fmt: skip
     assert usage.stack > 0
 
 
@@ -75,3 +78,14 @@ def test_head_sizes_outside_the_cover_compile(head_size: int) -> None:
                    lambda: prefill(**pre, window=64, sinks=4, scale=0.1)):  # fmt: skip
         for usage in compile_check.compile_launches(90, launch):
             assert usage.stack == 0 and usage.shared <= compile_check.SHARED_LIMIT[90], usage
+
+
+def test_each_compile_targets_its_own_architecture() -> None:
+    """Triton caches a kernel's binder per device together with the target: compile_only must not reuse one."""
+    from localattn_kernels.triton.prefill import prefill
+
+    args = compile_check.paged_inputs(num_heads=8, num_kv_heads=2, head_size=64, block_size=16,
+                                      dtype=torch.bfloat16, query_len=48)  # fmt: skip
+    dots = [compile_check.compile_launches(arch, lambda: prefill(**args, window=64, sinks=4, scale=0.1))[0].dots
+            for arch in (90, 80, 90)]  # fmt: skip
+    assert dots == ["wgmma", "mma", "wgmma"]

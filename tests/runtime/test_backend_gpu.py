@@ -1,9 +1,10 @@
-"""The GPU backend: its CUDA-graph declaration, and its local-layer path (`triton_forward.local_forward`: per-token
-split + Triton kernels) against the torch reference, under TRITON_INTERPRET=1 on CPU when no GPU is present (in a
-fresh interpreter: Triton binds interpret mode at import). The path must not read the device from the host
-(minContextLength is applied inside the kernels); on a GPU it must also survive CUDA graph capture and replay with moved lengths (that
-part needs a GPU: `benchmarks/device_check.sh` runs this test there). (The vLLM engine-level GPU run needs
-vLLM on a GPU: see docs/runtime.md.)"""
+"""The GPU backend: its CUDA-graph declaration, the features it refuses, its impl's forward as vLLM calls it,
+and its local-layer path (`triton_forward.local_forward`: the Triton kernels with window, sinks and
+minContextLength) against the torch reference, under TRITON_INTERPRET=1 on CPU when no GPU is present (in a fresh
+interpreter: Triton binds interpret mode at import). The path must not read the device from the host; on a GPU
+it must also survive CUDA graph capture and replay with moved lengths (that part needs a GPU:
+`benchmarks/device_check.sh` runs this test there). The vLLM engine-level GPU run needs vLLM on a GPU: see
+docs/runtime.md."""
 
 from __future__ import annotations
 
@@ -22,10 +23,19 @@ from localattn_kernels.testing import make_case
 from localattn_runtime.triton_forward import local_forward
 from localattn_runtime.config import parse
 
+aten = torch.ops.aten
+WAITS = {aten._local_scalar_dense.default, aten.nonzero.default, aten.equal.default, aten.masked_select.default,
+         aten.repeat_interleave.Tensor}
+
 class NoHostReads(TorchDispatchMode):
-    # item(), int(), bool() of a tensor and nonzero() all reach these ops: on a GPU, each waits for the device.
+    # Ops that make the host wait for a GPU: item()/int()/bool() of a tensor (_local_scalar_dense), nonzero,
+    # equal, boolean masks, repeat_interleave without an output size. (.cpu()/.tolist() are no-ops on CPU
+    # tensors and go unseen here; on a GPU, torch.cuda.set_sync_debug_mode("error") below sees everything.)
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default):
+        bool_index = func is aten.index.Tensor and any(
+            i is not None and i.dtype == torch.bool for i in args[1])
+        if func in WAITS and not (func is aten.repeat_interleave.Tensor and (kwargs or {}).get("output_size")) \
+                or bool_index:
             raise AssertionError(f"host read of a device tensor: {func}")
         return func(*args, **(kwargs or {}))
 
@@ -59,16 +69,14 @@ for cfg in (parse({"windowSize": 24, "sinkTokens": 3, "minContextLength": 160}),
 
 if device == "cuda":
     # A decode step captured in a CUDA graph, then replayed after the lengths moved: the kernels must read
-    # seq_lens / query_start_loc from the device at replay, not keep what they saw at capture.
-    cfg = parse({"windowSize": 24, "sinkTokens": 3})
-    rows = [i for i, (q, _) in enumerate(reqs) if q == 1]
-    query = case.query[case.query_start_loc[rows].long()].clone()
-    seq_lens = case.seq_lens[rows].clone()
-    qsl = torch.arange(len(rows) + 1, dtype=torch.int32, device=device)
-    table = case.block_table[rows].clone()
-    out = torch.zeros_like(query)
-    step = lambda: local_forward(query, case.key_cache, case.value_cache, out, block_table=table,
-                                 seq_lens=seq_lens, query_start_loc=qsl, num_actual_tokens=len(rows),
+    # seq_lens from the device at replay, not keep what they saw at capture. W = 150 over 16-key fp32 tiles
+    # splits the keys (split-KV + LSE combine in the graph); minContextLength 300 puts one moved row below it.
+    cfg = parse({"windowSize": 150, "sinkTokens": 3, "minContextLength": 300})  # full below position 299
+    dec = make_case([(1, 700), (1, 420), (1, 310)], num_heads=4, num_kv_heads=2, head_size=32, block_size=16,
+                    dtype=torch.float32, gpu_layout=True, device=device)
+    query, seq_lens, out = dec.query.clone(), dec.seq_lens.clone(), torch.zeros_like(dec.query)
+    step = lambda: local_forward(query, dec.key_cache, dec.value_cache, out, block_table=dec.block_table,
+                                 seq_lens=seq_lens, query_start_loc=dec.query_start_loc, num_actual_tokens=3,
                                  max_query_len=1, cfg=cfg, scale=0.2)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -78,15 +86,19 @@ if device == "cuda":
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()
-    shorter = torch.tensor([37, 150, 3, 120], dtype=torch.int32, device=device)[: len(rows)]
-    seq_lens.copy_(shorter)
+    moved = [650, 250, 305]  # positions 649 (local), 249 (full: below 299), 304 (local)
+    seq_lens.copy_(torch.tensor(moved, dtype=torch.int32))
     graph.replay()
     torch.cuda.synchronize()
-    starts = case.cu_seqlens_k[rows].long()
-    keys = torch.cat([case.keys[a : a + int(m)] for a, m in zip(starts.tolist(), shorter.tolist())])
-    values = torch.cat([case.values[a : a + int(m)] for a, m in zip(starts.tolist(), shorter.tolist())])
-    cu_k = torch.cat([shorter.new_zeros(1), shorter.cumsum(0)]).to(torch.int32)
-    want = local_attention(query, keys, values, cu_seqlens_q=qsl, cu_seqlens_k=cu_k, window=24, sinks=3, scale=0.2)
+    starts = dec.cu_seqlens_k[:3].tolist()
+    keys = torch.cat([dec.keys[a : a + m] for a, m in zip(starts, moved)])
+    values = torch.cat([dec.values[a : a + m] for a, m in zip(starts, moved)])
+    cu_k = torch.tensor([0, *torch.tensor(moved).cumsum(0).tolist()], dtype=torch.int32, device=device)
+    ref = lambda w, s: local_attention(query, keys, values, cu_seqlens_q=dec.query_start_loc, cu_seqlens_k=cu_k,
+                                       window=w, sinks=s, scale=0.2)
+    full, local = ref(10**6, 0), ref(150, 3)
+    assert (full[0] - local[0]).abs().max().item() > 1e-2 and (full[1] - local[1]).abs().max().item() > 1e-2
+    want = torch.stack([local[0], full[1], local[2]])
     err = (out - want).abs().max().item()
     assert err < 1e-4, ("CUDA graph replay", err)
 print("ok")
@@ -99,7 +111,6 @@ print("ok")
 # local/global resolution (`LocalLayerMixin._is_local`, shared with the CPU backend) is tested there; here it is
 # set, so this checks the glue: the KV view, the metadata fields, the output rows written and those left alone.
 IMPL_SCRIPT = r"""
-import types
 import torch
 from vllm.config import VllmConfig, set_current_vllm_config
 from vllm.v1.attention.backends.triton_attn import TritonAttentionMetadata
@@ -115,7 +126,6 @@ with set_current_vllm_config(VllmConfig()):  # vLLM builds impls inside this con
     impl = LocalAttnTritonBackend.get_impl_cls()(num_heads=4, head_size=32, scale=0.2, num_kv_heads=2,
                                                  alibi_slopes=None, sliding_window=None, kv_cache_dtype="auto")
 impl._local, impl._cfg = True, parse({"windowSize": 24, "sinkTokens": 3, "minContextLength": 160})
-impl._vllm_config = types.SimpleNamespace(model_config=types.SimpleNamespace(max_model_len=4096))
 n = case.query.shape[0]
 query = torch.cat([case.query, torch.randn(5, 4, 32, dtype=torch.float16, device=device)])  # 5 padding rows
 output = torch.full_like(query, 7.0)
@@ -139,7 +149,8 @@ print("ok")
 
 def test_builder_keeps_local_forward_out_of_cuda_graphs() -> None:
     """vLLM's Triton builder declares ALWAYS (decode captured in FULL graphs, attention included); ours must say
-    NEVER, so that vLLM downgrades to PIECEWISE and our host-syncing forward runs eagerly between the pieces."""
+    NEVER, so that vLLM downgrades to PIECEWISE and our forward runs eagerly between the pieces (see the builder's
+    docstring for why FULL graphs are not claimed)."""
     from vllm.v1.attention.backend import AttentionCGSupport
     from vllm.v1.attention.backends.triton_attn import TritonAttentionMetadataBuilder
 
@@ -178,3 +189,30 @@ def test_impl_forward_with_vllm_metadata_and_kv_cache() -> None:
     proc = subprocess.run([sys.executable, "-c", IMPL_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize(("kwargs", "reason"), [
+    ({}, None),
+    ({"alibi_slopes": [0.1] * 4}, "ALiBi"),
+    ({"logits_soft_cap": 30.0}, "logits soft cap"),
+    ({"sinks": "zeros"}, "learned attention sinks"),
+    ({"kv_cache_dtype": "fp8"}, "unquantized KV cache"),
+    ({"chunk_lookback": 2}, "chunked-local"),
+])  # fmt: skip
+def test_local_layers_refuse_what_the_kernels_cannot_do(kwargs: dict[str, Any], reason: str | None) -> None:
+    """A layer whose vLLM attention carries ALiBi, a soft cap, learned sinks, an fp8 cache or chunked-local
+    attention must not silently run plain local attention: `_is_local` raises with this reason at the first
+    forward. And vLLM must not fuse output quantisation into our attention (the kernels write the model dtype)."""
+    import torch
+    from vllm.config import VllmConfig, set_current_vllm_config
+
+    from localattn_runtime.backend_gpu import LocalAttnTritonImpl
+
+    args: dict[str, Any] = {"alibi_slopes": None, "sliding_window": None, "kv_cache_dtype": "auto", **kwargs}
+    if args.get("sinks") == "zeros":
+        args["sinks"] = torch.zeros(4)
+    with set_current_vllm_config(VllmConfig()):
+        impl = LocalAttnTritonImpl(num_heads=4, head_size=32, scale=0.2, num_kv_heads=2, **args)
+    got = impl._unsupported()
+    assert (got is None) if reason is None else (reason in (got or "")), got
+    assert impl.fused_output_quant_supported(None) is False

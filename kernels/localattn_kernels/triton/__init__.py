@@ -7,31 +7,27 @@ module is imported) the same kernels run on CPU tensors, which is how CI tests t
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from localattn_kernels.checks import check_paged_args
+from localattn_kernels.triton.common import interpreting, tile_sizes
 from localattn_kernels.triton.decode import decode
 from localattn_kernels.triton.prefill import prefill
 
 __all__ = ["decode", "paged_local_attention", "prefill"]
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def default_num_splits(
-    num_seqs: int, num_kv_heads: int, window: int, sinks: int, device: torch.device
+    num_seqs: int, num_kv_heads: int, window: int, sinks: int, query: torch.Tensor
 ) -> int:
     """Split the KV range until the launch has ~2 programs per SM (decode at small batch is latency-bound)."""
-    if device.type != "cuda":
-        return 1 if window + sinks <= 64 else 2
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    tile = tile_sizes(query.dtype)[0]
+    if query.device.type != "cuda":
+        return 1 if window + sinks <= tile else 2
+    sms = torch.cuda.get_device_properties(query.device).multi_processor_count
     programs = max(1, num_seqs * num_kv_heads)
     by_sm = -(-2 * sms // programs)
-    by_len = max(1, (window + sinks) // 64)  # at least one 64-key tile per split
+    by_len = max(1, (window + sinks) // tile)  # at least one tile per split
     return max(1, min(by_sm, by_len, 32))
 
 
@@ -65,7 +61,7 @@ def paged_local_attention(
     )  # fmt: skip
     if isinstance(full_below, bool) or not isinstance(full_below, int) or full_below < 0:
         raise ValueError(f"full_below must be an int >= 0, got {full_below!r}")
-    if query.device.type != "cuda" and not _interpreting():
+    if query.device.type != "cuda" and not interpreting():
         raise ValueError(
             "localattn_kernels.triton needs CUDA tensors (or TRITON_INTERPRET=1 for CPU testing)"
         )
@@ -84,7 +80,7 @@ def paged_local_attention(
         return out3
     if max_query_len == 1:
         splits = num_splits or default_num_splits(
-            seq_lens.shape[0], key_cache.shape[2], max(window, full_below), sinks, query.device
+            seq_lens.shape[0], key_cache.shape[2], window, sinks, query
         )
         decode(
             query, key_cache, value_cache, out3, block_table, seq_lens, query_start_loc,

@@ -8,11 +8,13 @@ import torch
 import triton
 import triton.language as tl
 
+#: Softmax runs in base 2: exp(x) = 2^(x * log2(e)), the scale folds the factor in.
+LOG2E = 1.4426950408889634
 
-def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 operands multiply in IEEE fp32, as the reference does; Triton's default on NVIDIA GPUs is TF32
-    (10-bit mantissa, ~1e-3 relative error). The setting does nothing for fp16/bf16 operands."""
-    return "ieee" if dtype == torch.float32 else "tf32"
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``, read when kernels are decorated)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def tile_sizes(dtype: torch.dtype) -> tuple[int, int, int]:
@@ -33,7 +35,7 @@ def padded_head_size(head_size: int) -> int:
 
 def upcast_dots(dtype: torch.dtype) -> bool:
     """Whether the kernels must run their dots in fp32 (bf16 under the interpreter, see ``attend_tile``)."""
-    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return dtype == torch.bfloat16 and interpreting()
 
 
 @triton.jit
@@ -44,15 +46,17 @@ def attend_tile(
     stride_vb, stride_vt, stride_vh, stride_vd,
     scale_log2e,
     PAGE: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_SIZE: tl.constexpr, UPCAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """One flash-attention step over keys at absolute positions ``j`` (``[BLOCK_N]``).
 
     Keys are found through the block table token by token (block ``j // PAGE``, slot ``j % PAGE``) and loaded
     only where ``load_ok`` (``[BLOCK_N]``); ``allowed`` (broadcastable to ``[BLOCK_M, BLOCK_N]``) is the
     per-query mask. ``UPCAST`` runs the dots in fp32: only for bf16 under ``TRITON_INTERPRET=1``, whose numpy
-    ``tl.dot`` mis-reads bf16 operands; ``DOT_PRECISION`` is :func:`dot_precision`. Softmax runs in base 2 (``scale_log2e`` folds
-    ``log2(e)`` into the scale); ``m_i`` may be ``-inf`` for rows that have seen no key yet.
+    ``tl.dot`` mis-reads bf16 operands. Dots ask for IEEE precision: fp32 operands then multiply in fp32 as
+    the reference does (Triton's default on NVIDIA is TF32, ~1e-3 relative error); 16-bit operands still run on
+    tensor cores (the setting only concerns fp32; ``compile_check`` shows the instructions). Softmax runs in
+    base 2 (``scale_log2e`` folds ``log2(e)`` into the scale); ``m_i`` may be ``-inf`` for rows that have seen
+    no key yet.
     """
     d = tl.arange(0, BLOCK_D)
     d_ok = d < HEAD_SIZE
@@ -68,9 +72,9 @@ def attend_tile(
         other=0.0,
     )  # [BLOCK_D, BLOCK_N]
     if UPCAST:  # a constexpr branch, kept as a statement for the Triton frontend
-        s = tl.dot(q.to(tl.float32), k.to(tl.float32), input_precision=DOT_PRECISION) * scale_log2e
+        s = tl.dot(q.to(tl.float32), k.to(tl.float32), input_precision="ieee") * scale_log2e
     else:
-        s = tl.dot(q, k, input_precision=DOT_PRECISION) * scale_log2e
+        s = tl.dot(q, k, input_precision="ieee") * scale_log2e
     s = tl.where(allowed, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -87,8 +91,8 @@ def attend_tile(
         other=0.0,
     )  # [BLOCK_N, BLOCK_D]
     if UPCAST:  # a constexpr branch, kept as a statement for the Triton frontend
-        pv = tl.dot(p, v.to(tl.float32), input_precision=DOT_PRECISION)
+        pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
     else:
-        pv = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
     acc = acc * alpha[:, None] + pv
     return acc, m_new, l_i

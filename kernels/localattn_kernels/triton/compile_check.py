@@ -17,12 +17,16 @@ import os
 import re
 import subprocess
 import tempfile
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import torch
+
+from localattn_kernels.testing import TRITON_COVER_WITH_FP32
+from localattn_kernels.triton.common import interpreting
 
 #: Shared memory a block may use (bytes), by compute capability: sm_80 (A100) and sm_90 (H100/H200).
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
@@ -34,11 +38,11 @@ class Usage:
     registers: int
     stack: int  # bytes of per-thread stack: register spills (and calls) live there
     local: int
-    shared: int  # bytes, static + Triton's dynamic allocation
+    shared: int  # bytes: the larger of the cubin's static figure and Triton's dynamic allocation (Triton's kernels use one)
     num_warps: int
     num_stages: int
-    dots: str  # the instructions tl.dot became: "wgmma" (sm_90 warpgroup), "mma" (mma.sync), "fma" (no tensor cores)
-    async_copies: bool  # global -> shared copies with cp.async (loads overlap compute across num_stages)
+    dots: str  # what tl.dot became: "wgmma" (sm_90 warpgroup), "mma" (mma.sync), "fma" (no tensor cores), "none"
+    async_copies: bool  # 16-byte global -> shared cp.async copies (K/V tiles stream in while the last one computes)
 
 
 class _CompileOnlyDriver:
@@ -69,17 +73,19 @@ def compile_only(arch: int) -> Iterator[list[Any]]:
     Call the launchers with CPU tensors of the dtypes and strides a real call would have; their data is never
     read. Yields the list of compiled kernels (Triton ``CompiledKernel``), one per launch.
     """
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if interpreting():
         raise RuntimeError("compile_only needs Triton's compiler: unset TRITON_INTERPRET")
     from triton.runtime import driver
     from triton.runtime.jit import JITFunction
 
     compiled: list[Any] = []
-    launched: set[Any] = set()
+    saved: dict[Any, Any] = {}  # kernel -> its real per-device caches, put back on exit
     run = JITFunction.run
 
     def warmup_run(self: Any, *args: Any, grid: Any, warmup: bool, **kwargs: Any) -> Any:
-        launched.add(self)
+        if self not in saved:  # a kernel caches its binder *with the target* per device: give it a fresh one
+            saved[self] = self.device_caches
+            self.device_caches = defaultdict(self.create_binder)
         kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
         compiled.append(kernel)
         return kernel
@@ -92,8 +98,8 @@ def compile_only(arch: int) -> Iterator[list[Any]]:
     finally:
         JITFunction.run = run  # type: ignore[method-assign]
         driver.set_active(previous)  # type: ignore[arg-type]
-        for fn in launched:  # each caches its binder per device *with the target*: a real GPU must re-derive it
-            fn.device_caches.clear()
+        for fn, caches in saved.items():
+            fn.device_caches = caches
 
 
 def _cuobjdump() -> str:
@@ -112,10 +118,11 @@ def resource_usage(kernel: Any) -> Usage:
     fields = dict(re.findall(r"\b(REG|STACK|LOCAL|SHARED):(\d+)", text))
     md = kernel.metadata
     ptx = kernel.asm["ptx"]
-    dots = "wgmma" if "wgmma.mma_async" in ptx else "mma" if "mma.sync" in ptx else "fma"
+    has_dot = re.search(r"\btt\.dot\b|warp_group_dot", kernel.asm["ttgir"]) is not None
+    dots = "wgmma" if "wgmma.mma_async" in ptx else "mma" if "mma.sync" in ptx else "fma" if has_dot else "none"
     return Usage(name=md.name, registers=int(fields["REG"]), stack=int(fields["STACK"]), local=int(fields["LOCAL"]),
                  shared=max(int(fields["SHARED"]), int(md.shared)), num_warps=md.num_warps, num_stages=md.num_stages,
-                 dots=dots, async_copies="cp.async" in ptx)
+                 dots=dots, async_copies=re.search(r"cp\.async\.c[ag]\.shared\.global[^;\n]*, 0x10,", ptx) is not None)
 
 
 def paged_inputs(*, num_heads: int, num_kv_heads: int, head_size: int, block_size: int, dtype: torch.dtype,
@@ -146,26 +153,14 @@ def compile_launches(arch: int, launch: Callable[[], object]) -> list[Usage]:
     return [resource_usage(k) for k in compiled]
 
 
-#: (head_size, GQA group, block size, dtype) the table and the tests cover: every value of each axis appears.
-COVER = [
-    (64, 1, 16, torch.float16),
-    (64, 4, 32, torch.bfloat16),
-    (64, 8, 128, torch.float16),
-    (128, 1, 128, torch.bfloat16),
-    (128, 4, 16, torch.float16),
-    (128, 8, 32, torch.bfloat16),
-    (128, 4, 16, torch.float32),
-]
-
-
 def usage_table(archs: tuple[int, ...] = (80, 90)) -> list[dict[str, Any]]:
-    """Resource usage of every launch path (decode, split decode + combine, prefill) over :data:`COVER`."""
+    """Resource usage of every launch path (decode, split decode + combine, prefill) over :data:`localattn_kernels.testing.TRITON_COVER_WITH_FP32`."""
     from localattn_kernels.triton.decode import decode
     from localattn_kernels.triton.prefill import prefill
 
     rows = []
     for arch in archs:
-        for head_size, group, block_size, dtype in COVER:
+        for head_size, group, block_size, dtype in TRITON_COVER_WITH_FP32:
             dec = paged_inputs(num_heads=2 * group, num_kv_heads=2, head_size=head_size, block_size=block_size,
                                dtype=dtype, query_len=1)  # fmt: skip
             pre = paged_inputs(num_heads=2 * group, num_kv_heads=2, head_size=head_size, block_size=block_size,

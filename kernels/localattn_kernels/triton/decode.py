@@ -2,7 +2,8 @@
 
 Math: the query at position ``p = seq_len - 1`` reads the ``n = min(S, L) + (L - max(L - W, S))`` keys of
 sinks | window, enumerated as one virtual range ``v in [0, n)`` (sinks first, then the window); split ``s`` of
-``NUM_SPLITS`` handles ``v in [s * SPLIT, (s + 1) * SPLIT)`` with an online softmax and writes its normalised
+``NUM_SPLITS`` handles ``v in [s * L, (s + 1) * L)``, ``L = ceil(n / NUM_SPLITS)`` rounded up to the tile, with an
+online softmax and writes its normalised
 output and base-2 log-sum-exp; :func:`_combine_kernel` merges splits by
 ``o = sum_s 2^(lse_s - m) o_s / sum_s 2^(lse_s - m)``. Nothing outside sinks | window is loaded. A query at a
 position below ``full_below`` (the runtime's minContextLength rule) attends to its whole prefix instead: the
@@ -16,14 +17,12 @@ import triton
 import triton.language as tl
 
 from localattn_kernels.triton.common import (
+    LOG2E,
     attend_tile,
-    dot_precision,
     padded_head_size,
     tile_sizes,
     upcast_dots,
 )
-
-LOG2E = 1.4426950408889634
 
 
 @triton.jit
@@ -37,8 +36,8 @@ def _decode_kernel(
     stride_vb, stride_vt, stride_vh, stride_vd,
     stride_bt,
     NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_SIZE: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr, UPCAST: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
 ):  # fmt: skip
     seq_idx = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -54,8 +53,11 @@ def _decode_kernel(
     n_sink = tl.minimum(sinks, seq_len)
     win_lo = tl.maximum(seq_len - window, sinks)
     n_tok = n_sink + tl.maximum(seq_len - win_lo, 0)
-    v_lo = split * SPLIT
-    v_hi = tl.minimum(v_lo + SPLIT, n_tok)
+    # Each query splits its own key count, so a full-attention query (below full_below) does not stretch the
+    # splits of the local ones; a split left without keys writes lse = -inf, which the combine weighs 0.
+    split_len = tl.cdiv(tl.cdiv(n_tok, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    v_lo = split * split_len
+    v_hi = tl.minimum(v_lo + split_len, n_tok)
 
     m = tl.arange(0, BLOCK_M)
     head = kvh * GROUP + m
@@ -78,7 +80,7 @@ def _decode_kernel(
             k_ptr, v_ptr, block_table_ptr, stride_bt,
             stride_kb, stride_kt, stride_kh, stride_kd,
             stride_vb, stride_vt, stride_vh, stride_vd,
-            scale_log2e, PAGE, BLOCK_D, HEAD_SIZE, UPCAST, DOT_PRECISION,
+            scale_log2e, PAGE, BLOCK_D, HEAD_SIZE, UPCAST,
         )  # fmt: skip
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -121,7 +123,8 @@ def _combine_kernel(
     o = tl.load(
         part_o_ptr + base[:, None] * HEAD_SIZE + d[None, :], mask=s_ok[:, None] & d_ok[None, :], other=0.0
     )
-    out = tl.sum(w[:, None] * o, 0) / tl.sum(w, 0)
+    total = tl.sum(w, 0)
+    out = tl.sum(w[:, None] * o, 0) / tl.where(total == 0.0, 1.0, total)  # no keys at all (padding): 0, not NaN
     tl.store(
         o_ptr + q_row * stride_ot + head * stride_oh + d * stride_od,
         out.to(o_ptr.dtype.element_ty),
@@ -152,9 +155,7 @@ def decode(
     group = num_heads // num_kv_heads
     block_n = block_n or tile_sizes(query.dtype)[0]
     block_d = padded_head_size(head_size)
-    total = max(sinks + window, full_below)  # the most keys one query reads
-    split = triton.cdiv(triton.cdiv(total, num_splits), block_n) * block_n
-    num_splits = max(1, triton.cdiv(total, split))
+    num_splits = max(1, min(num_splits, triton.cdiv(sinks + window, block_n)))  # a local query fills every split
     if num_splits > 1:
         part_o = torch.empty(
             (num_seqs, num_heads, num_splits, head_size), dtype=torch.float32, device=query.device
@@ -169,8 +170,7 @@ def decode(
         *query.stride(), *out.stride(), *key_cache.stride(), *value_cache.stride(), block_table.stride(0),
         NUM_HEADS=num_heads, GROUP=group, HEAD_SIZE=head_size, BLOCK_D=block_d,
         BLOCK_M=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, PAGE=page, UPCAST=upcast_dots(query.dtype),
-        DOT_PRECISION=dot_precision(query.dtype),
-        NUM_SPLITS=num_splits, SPLIT=split,
+        NUM_SPLITS=num_splits,
     )  # fmt: skip
     if num_splits > 1:
         _combine_kernel[(num_seqs, num_heads)](

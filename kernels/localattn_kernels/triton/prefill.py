@@ -19,14 +19,12 @@ import triton
 import triton.language as tl
 
 from localattn_kernels.triton.common import (
+    LOG2E,
     attend_tile,
-    dot_precision,
     padded_head_size,
     tile_sizes,
     upcast_dots,
 )
-
-LOG2E = 1.4426950408889634
 
 
 @triton.jit
@@ -54,7 +52,7 @@ def _prefill_kernel(
     stride_vb, stride_vt, stride_vh, stride_vd,
     stride_bt,
     GROUP: tl.constexpr, HEAD_SIZE: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -94,7 +92,7 @@ def _prefill_kernel(
             k_ptr, v_ptr, block_table_ptr, stride_bt,
             stride_kb, stride_kt, stride_kh, stride_kd,
             stride_vb, stride_vt, stride_vh, stride_vd,
-            scale_log2e, PAGE, BLOCK_D, HEAD_SIZE, UPCAST, DOT_PRECISION,
+            scale_log2e, PAGE, BLOCK_D, HEAD_SIZE, UPCAST,
         )  # fmt: skip
 
     win_lo = tl.where(first < full_below, sinks, tl.maximum(first - window + 1, sinks))
@@ -108,7 +106,7 @@ def _prefill_kernel(
             k_ptr, v_ptr, block_table_ptr, stride_bt,
             stride_kb, stride_kt, stride_kh, stride_kd,
             stride_vb, stride_vt, stride_vh, stride_vd,
-            scale_log2e, PAGE, BLOCK_D, HEAD_SIZE, UPCAST, DOT_PRECISION,
+            scale_log2e, PAGE, BLOCK_D, HEAD_SIZE, UPCAST,
         )  # fmt: skip
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -153,5 +151,4 @@ def prefill(
         *query.stride(), *out.stride(), *key_cache.stride(), *value_cache.stride(), block_table.stride(0),
         GROUP=group, HEAD_SIZE=head_size, BLOCK_D=padded_head_size(head_size),
         BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n, PAGE=page, UPCAST=upcast_dots(query.dtype),
-        DOT_PRECISION=dot_precision(query.dtype),
     )  # fmt: skip

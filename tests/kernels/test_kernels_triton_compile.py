@@ -89,3 +89,19 @@ def test_each_compile_targets_its_own_architecture() -> None:
     dots = [compile_check.compile_launches(arch, lambda: prefill(**args, window=64, sinks=4, scale=0.1))[0].dots
             for arch in (90, 80, 90)]  # fmt: skip
     assert dots == ["wgmma", "mma", "wgmma"]
+
+
+def test_one_compiled_kernel_serves_every_rule() -> None:
+    """window, sinks and full_below are not specialised: changing them (including to 1 or a multiple of 16, which
+    Triton would otherwise specialise on) reuses the compiled kernel instead of compiling another."""
+    from localattn_kernels.triton.decode import decode
+    from localattn_kernels.triton.prefill import prefill
+
+    shape = {"num_heads": 8, "num_kv_heads": 2, "head_size": 64, "block_size": 16, "dtype": torch.bfloat16}
+    dec = compile_check.paged_inputs(query_len=1, **shape)  # type: ignore[arg-type]
+    pre = compile_check.paged_inputs(query_len=48, **shape)  # type: ignore[arg-type]
+    with compile_check.compile_only(90) as compiled:
+        for window, sinks, full_below in ((512, 4, 0), (1, 1, 1), (100, 0, 333)):
+            decode(**dec, window=window, sinks=sinks, scale=0.1, num_splits=1, full_below=full_below)
+            prefill(**pre, window=window, sinks=sinks, scale=0.1, full_below=full_below)
+    assert len(compiled) == 6 and len({k.hash for k in compiled}) == 2

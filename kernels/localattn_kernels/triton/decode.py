@@ -25,7 +25,9 @@ from localattn_kernels.triton.common import (
 )
 
 
-@triton.jit
+# The rule's integers are not specialised (Triton would compile another variant for a value of 1 or a multiple
+# of 16): one compiled kernel per shape serves every window, sink count and minContextLength.
+@triton.jit(do_not_specialize=["window", "sinks", "full_below"])
 def _decode_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, part_o_ptr, part_lse_ptr,
     block_table_ptr, seq_lens_ptr, qsl_ptr,

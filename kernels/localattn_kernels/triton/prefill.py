@@ -41,7 +41,8 @@ def _find_seq(qsl_ptr, num_seqs, target, BLOCK_Q: tl.constexpr):
     return lo - 1
 
 
-@triton.jit
+# As in decode: one compiled kernel per shape for every window, sink count, minContextLength and batch size.
+@triton.jit(do_not_specialize=["window", "sinks", "full_below", "num_seqs"])
 def _prefill_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr,
     block_table_ptr, seq_lens_ptr, qsl_ptr, num_seqs,

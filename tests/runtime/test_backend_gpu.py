@@ -166,29 +166,27 @@ def test_builder_keeps_local_forward_out_of_cuda_graphs() -> None:
     assert TritonAttentionMetadataBuilder.get_cudagraph_support(none, none) == AttentionCGSupport.ALWAYS
 
 
-@pytest.mark.slow
-def test_local_forward_matches_reference() -> None:
+def _run_on_gpu_or_interpreted(script: str) -> None:
+    """Run `script` in a fresh interpreter (Triton binds interpret mode at import): on the GPU when there is one,
+    else with TRITON_INTERPRET=1; it must exit 0 and print "ok" last."""
     import torch
 
     env = dict(os.environ)
     if not torch.cuda.is_available():
         env["TRITON_INTERPRET"] = "1"
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.strip().endswith("ok")
 
+
+@pytest.mark.slow
+def test_local_forward_matches_reference() -> None:
+    _run_on_gpu_or_interpreted(SCRIPT)
 
 
 @pytest.mark.slow
 def test_impl_forward_with_vllm_metadata_and_kv_cache() -> None:
-    import torch
-
-    env = dict(os.environ)
-    if not torch.cuda.is_available():
-        env["TRITON_INTERPRET"] = "1"
-    proc = subprocess.run([sys.executable, "-c", IMPL_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout.strip().endswith("ok")
+    _run_on_gpu_or_interpreted(IMPL_SCRIPT)
 
 
 @pytest.mark.parametrize(("kwargs", "reason"), [

@@ -2,9 +2,8 @@
 
 Math: the query at position ``p = seq_len - 1`` reads the ``n = min(S, L) + (L - max(L - W, S))`` keys of
 sinks | window, enumerated as one virtual range ``v in [0, n)`` (sinks first, then the window); split ``s`` of
-``NUM_SPLITS`` handles ``v in [s * L, (s + 1) * L)``, ``L = ceil(n / NUM_SPLITS)`` rounded up to the tile, with an
-online softmax and writes its normalised
-output and base-2 log-sum-exp; :func:`_combine_kernel` merges splits by
+``NUM_SPLITS`` handles ``v in [s * L, (s + 1) * L)``, ``L = ceil(n / NUM_SPLITS)`` rounded up to the tile, with
+an online softmax, and writes its normalised output and base-2 log-sum-exp; :func:`_combine_kernel` merges splits by
 ``o = sum_s 2^(lse_s - m) o_s / sum_s 2^(lse_s - m)``. Nothing outside sinks | window is loaded. A query at a
 position below ``full_below`` (the runtime's minContextLength rule) attends to its whole prefix instead: the
 same enumeration with the window widened to the sequence and no separate sinks.

@@ -2,12 +2,18 @@
 
 Decode (one query per sequence) and prefill (a whole prompt of ``context`` tokens, the runtime benchmark's tiny
 model shape by default). All methods of a table read the same paged cache (vLLM's CPU layout, shuffled block
-table) in the same process, timed round-robin (min of repeats, so a busy machine hurts every column alike).
+table) in the same process, timed round-robin: each round runs every method once, in an order that rotates
+from round to round, so a busy machine hurts every column alike. Before every timed call the caches are
+flushed (a buffer of several times the L3 size is rewritten): in a model every layer reads its own KV cache, so
+a layer's K/V is not in L3 when its attention runs; timing back-to-back calls on one cache instead would leave
+the local method's ~2 MiB working set in L3 while full attention streams from DRAM (the figures before
+2026-12-01 were measured that way). Reports the min over rounds, and beside each time ratio the ratio of K/V
+bytes the two methods must read (blocks touched x block bytes): on a memory-bound kernel the two should be close.
 Prints tables with ratios and writes ``benchmarks/results/kernels_cpu.csv`` / ``.png`` (decode) and
-``kernels_cpu_prefill.csv``. About 1.5 min with the defaults.
+``kernels_cpu_prefill.csv``. About 2 min with the defaults (more with large contexts: each flush costs ~10 ms).
 
     .venv/bin/python benchmarks/kernels.py [--contexts 1024 4096 16384 65536] [--prefill-contexts 4096 16384]
-        [--window 512] [--sinks 4] [--threads 1]
+        [--window 512] [--sinks 4] [--threads 1] [--no-flush]
 """
 
 from __future__ import annotations
@@ -32,15 +38,61 @@ METHODS = ("local", "vllm_full", "vllm_swa", "sdpa_dense")
 PREFILL_METHODS = ("native", "torch", "vllm_full", "vllm_swa")
 
 
-def _timer(fn: Callable[[], object], budget_s: float, min_reps: int = 3, max_reps: int = 200) -> list[float]:
-    fn()  # warm-up
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_reps or (time.perf_counter() - start < budget_s and len(times) < max_reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
+def l3_bytes() -> int:
+    """The last-level cache size (Linux sysfs), or 32 MiB when it cannot be read."""
+    try:
+        text = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()
+        return int(text.rstrip("KkMm")) * (1024 if text[-1] in "Kk" else 1024 * 1024 if text[-1] in "Mm" else 1)
+    except (OSError, ValueError, IndexError):
+        return 32 << 20
+
+
+class Flusher:
+    """Evicts the caches: rewrites a buffer of `factor` x L3 (int64 adds, every cache line touched)."""
+
+    def __init__(self, enabled: bool, factor: int = 4) -> None:
+        self.buf = torch.zeros(factor * l3_bytes() // 8, dtype=torch.int64) if enabled else None
+
+    def __call__(self) -> None:
+        if self.buf is not None:
+            self.buf.add_(1)
+
+
+def round_robin(calls: dict[str, Callable[[], object]], budget_s: float, flush: Flusher, min_rounds: int = 3,
+                max_rounds: int = 200) -> dict[str, list[float]]:
+    """Time every call once per round (rotating the order), flushing before each; stop after `budget_s` of
+    timed calls per method on average (flushes not counted) or `max_rounds`."""
+    names = list(calls)
+    for name in names:  # warm-up: first-call costs (allocations, lazy init) out of the timings
+        calls[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    spent = 0.0
+    for r in range(max_rounds):
+        if r >= min_rounds and spent / len(names) >= budget_s:
+            break
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            flush()
+            t = time.perf_counter()
+            calls[name]()
+            dt = time.perf_counter() - t
+            times[name].append(dt)
+            spent += dt
     return times
+
+
+def decode_bytes(context: int, args: argparse.Namespace) -> dict[str, float]:
+    """K/V bytes one decode call must read per method (whole blocks, as the kernels read them)."""
+    bs = args.block_size
+    block = 2 * bs * args.kv_heads * args.head_size * 2  # K and V, bf16
+    blocks_full = math.ceil(context / bs)
+    last = context - 1
+    ns = layout.num_sink_blocks(args.sinks, bs)
+    first_win = max(max(last - args.window + 1, 0) // bs, ns)
+    blocks_local = min(ns, last // bs + 1) + max(last // bs - first_win + 1, 0)
+    blocks_swa = last // bs - max(last - args.window + 1, 0) // bs + 1
+    dense = context * args.kv_heads * args.head_size * 2 * 2
+    return {"local": blocks_local * block * args.batch, "vllm_full": blocks_full * block * args.batch,
+            "vllm_swa": blocks_swa * block * args.batch, "sdpa_dense": dense * args.batch}
 
 
 def build(context: int, args: argparse.Namespace) -> dict[str, Callable[[], object]]:
@@ -158,11 +210,11 @@ def _table(cols: list[str], rows: list[list[object]]) -> None:
         print("  ".join(f"{v:>13.3f}" if isinstance(v, float) else f"{v:>13}" for v in vals))
 
 
-def _prefill(args: argparse.Namespace, machine: str) -> list[dict[str, float]]:
+def _prefill(args: argparse.Namespace, machine: str, flush: Flusher) -> list[dict[str, float]]:
     rows = []
     for context in args.prefill_contexts:
         calls = build_prefill(context, args)
-        times = {m: _timer(calls[m], args.budget, min_reps=2) for m in PREFILL_METHODS}
+        times = round_robin({m: calls[m] for m in PREFILL_METHODS}, args.budget, flush, min_rounds=2)
         rows.append(
             {"context": context, **{f"{m}_ms": round(min(times[m]) * 1e3, 2) for m in PREFILL_METHODS}}
         )
@@ -170,7 +222,7 @@ def _prefill(args: argparse.Namespace, machine: str) -> list[dict[str, float]]:
     print(
         f"prefill of one {args.prefill_heads} heads / {args.prefill_kv_heads} KV heads, d={args.prefill_head_size} "
         f"prompt, bf16, block {args.block_size}, W={args.window}, S={args.sinks}, {torch.get_num_threads()} "
-        f"threads, {machine}; per layer, min of repeats"
+        f"threads, {machine}; per layer, min over round-robin rounds, {flush_note(flush)}"
     )
     _table(
         ["context", "native ms", "torch ms", "vLLM full ms", "vLLM SWA ms", "full/native", "torch/native",
@@ -206,16 +258,19 @@ def main() -> int:
         help="torch/OpenMP threads (default 1: on a shared machine a parallel region stalls whenever another "
         "process holds a core, which swamps sub-millisecond kernels)",
     )  # fmt: skip
+    parser.add_argument("--no-flush", action="store_true",
+                        help="do not flush the caches before each timed call (warm-cache figures, as before)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    flush = Flusher(not args.no_flush)
 
     machine = f"{platform.processor() or platform.machine()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     args.out.mkdir(parents=True, exist_ok=True)
     if args.contexts:
-        _decode(args, machine)
+        _decode(args, machine, flush)
     if args.prefill_contexts:
-        rows = _prefill(args, machine)
+        rows = _prefill(args, machine, flush)
         _write_csv(rows, args.out / "kernels_cpu_prefill.csv")
         print(f"wrote {args.out / 'kernels_cpu_prefill.csv'}")
     return 0
@@ -228,26 +283,34 @@ def _write_csv(rows: list[dict[str, float]], path: Path) -> None:
         writer.writerows(rows)
 
 
-def _decode(args: argparse.Namespace, machine: str) -> None:
+def flush_note(flush: Flusher) -> str:
+    return (f"caches flushed before each call ({flush.buf.numel() * 8 >> 20} MiB rewritten)" if flush.buf is not None
+            else "warm caches (--no-flush)")
+
+
+def _decode(args: argparse.Namespace, machine: str, flush: Flusher) -> None:
     rows = []
     for context in args.contexts:
         calls = build(context, args)
-        times = {m: _timer(calls[m], args.budget) for m in METHODS}
+        times = round_robin({m: calls[m] for m in METHODS}, args.budget, flush)
         best = {m: min(t) * 1e3 for m, t in times.items()}
-        rows.append({"context": context, **{f"{m}_ms": round(best[m], 4) for m in METHODS}})
+        nbytes = decode_bytes(context, args)
+        rows.append({"context": context, **{f"{m}_ms": round(best[m], 4) for m in METHODS},
+                     **{f"{m}_mib": round(nbytes[m] / 2**20, 3) for m in METHODS}})
         del calls
     header = (
         f"decode, batch {args.batch}, {args.heads} heads / {args.kv_heads} KV heads, d={args.head_size}, bf16, "
         f"block {args.block_size}, W={args.window}, S={args.sinks}, {torch.get_num_threads()} threads, "
-        f"{machine}; min of repeats"
+        f"{machine}; min over round-robin rounds, {flush_note(flush)}"
     )
     print(header)
     _table(
-        ["context", "local ms", "vLLM full ms", "vLLM SWA ms", "SDPA dense ms", "full/local", "local/SWA",
-         "SDPA/local"],
+        ["context", "local ms", "vLLM full ms", "vLLM SWA ms", "SDPA dense ms", "full/local", "bytes f/l",
+         "local/SWA", "bytes l/S", "SDPA/local"],
         [
             [r["context"], r["local_ms"], r["vllm_full_ms"], r["vllm_swa_ms"], r["sdpa_dense_ms"],
-             r["vllm_full_ms"] / r["local_ms"], r["local_ms"] / r["vllm_swa_ms"], r["sdpa_dense_ms"] / r["local_ms"]]
+             r["vllm_full_ms"] / r["local_ms"], r["vllm_full_mib"] / r["local_mib"],
+             r["local_ms"] / r["vllm_swa_ms"], r["local_mib"] / r["vllm_swa_mib"], r["sdpa_dense_ms"] / r["local_ms"]]
             for r in rows
         ],
     )  # fmt: skip

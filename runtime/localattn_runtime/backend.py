@@ -6,8 +6,11 @@ Registered over `CPU_ATTN` (vLLM on CPU asks for that name whatever `--attention
 
 * a global layer (or a layer when the plugin is off): the stock CPU kernel, unchanged;
 * a local layer: queries whose position is below minContextLength - 1 (they attend fully) go through the stock
-  kernel, all others through `localattn_kernels.cpu.paged_local_attention`. The split is computed once per
-  step by the metadata builder and shared by every layer of the group.
+  kernel, all others through `localattn_kernels.cpu.planned_local_attention`. The split, and the kernels'
+  per-batch work (host reads of the lengths, their checks, the decode / prefill rows, int32 copies:
+  `localattn_kernels.cpu.plan_step`), are computed once per step by the metadata builder and shared by every
+  layer of the group; each layer checks its own shapes once, at its first local forward
+  (benchmarks/runtime_step_overhead.py measures what this saves).
 """
 
 from __future__ import annotations
@@ -25,18 +28,29 @@ from vllm.v1.attention.backends.cpu_attn import (
     CPUAttentionMetadataBuilder,
 )
 
+from localattn_kernels.cpu import StepPlan, check_layer_args, plan_step, planned_local_attention
+from localattn_kernels.cpu_native import supports as native_supports
+from localattn_kernels.layout import split_kv_cache
 from localattn_runtime import layers
 from localattn_runtime.dispatch import LocalLayerMixin, active_config, model_num_layers, split_queries
 
 
 @dataclass
 class LocalBatch:
-    """The queries that attend locally: rows `index` of the step's query (None: all rows, in order)."""
+    """The queries that attend locally: rows `index` of the step's query (None: the first `plan.num_tokens`
+    rows, in order), and the kernels' plan of that batch."""
 
     index: torch.Tensor | None
     query_start_loc: torch.Tensor
     seq_lens: torch.Tensor
     block_table: torch.Tensor
+    plan: StepPlan
+
+
+def _local_batch(index: torch.Tensor | None, query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
+                 block_table: torch.Tensor, *, block_size: int, num_tokens: int) -> LocalBatch:
+    plan = plan_step(block_table, seq_lens, query_start_loc, block_size=block_size, num_tokens=num_tokens)
+    return LocalBatch(index, query_start_loc, seq_lens, block_table, plan)
 
 
 @dataclass
@@ -56,6 +70,7 @@ class LocalAttnMetadataBuilder(CPUAttentionMetadataBuilder):
         idx = [layers.layer_index(name) for name in layer_names]
         # Only groups with a local layer need the split (a hybrid KV config puts global layers apart).
         self.cfg = cfg if cfg is not None and any(i is not None and not cfg.is_global(i, n) for i in idx) else None
+        self.block_size = int(kv_cache_spec.block_size)
 
     def _scheduler_metadata(self, seq_lens: torch.Tensor, query_start_loc: torch.Tensor) -> torch.Tensor:
         return ops.cpu_attn_get_scheduler_metadata(
@@ -70,14 +85,17 @@ class LocalAttnMetadataBuilder(CPUAttentionMetadataBuilder):
         if self.cfg is None or self.is_cross_attention or self.is_encoder_only_attention:
             return base
         meta = LocalAttnMetadata(**{f.name: getattr(base, f.name) for f in fields(CPUAttentionMetadata)})
+        n = base.num_actual_tokens
         if layers.first_local_position(self.cfg.min_context_length) == 0:  # no dynamic scope: all local
-            meta.local = LocalBatch(None, base.query_start_loc, base.seq_lens, base.block_table)
+            meta.local = _local_batch(None, base.query_start_loc, base.seq_lens, base.block_table,
+                                      block_size=self.block_size, num_tokens=n)
             return meta
         split = split_queries(base.query_start_loc, base.seq_lens, self.cfg.min_context_length)
         if split.local is None:  # every query attends fully: stock
             return meta
         if split.full is None:
-            meta.local = LocalBatch(None, base.query_start_loc, base.seq_lens, base.block_table)
+            meta.local = _local_batch(None, base.query_start_loc, base.seq_lens, base.block_table,
+                                      block_size=self.block_size, num_tokens=n)
             return meta
         f, loc = split.full, split.local
         qsl, sl = f.query_start_loc.to(base.query_start_loc.dtype), f.seq_lens.to(base.seq_lens.dtype)
@@ -86,13 +104,16 @@ class LocalAttnMetadataBuilder(CPUAttentionMetadataBuilder):
             max_seq_len=int(sl.max()), seq_lens=sl, block_table=base.block_table[f.rows],
             slot_mapping=base.slot_mapping, scheduler_metadata=self._scheduler_metadata(sl, qsl), causal=True)
         meta.full_index = f.index
-        meta.local = LocalBatch(loc.index, loc.query_start_loc.to(base.query_start_loc.dtype),
-                                loc.seq_lens.to(base.seq_lens.dtype), base.block_table[loc.rows])
+        meta.local = _local_batch(loc.index, loc.query_start_loc.to(base.query_start_loc.dtype),
+                                  loc.seq_lens.to(base.seq_lens.dtype), base.block_table[loc.rows],
+                                  block_size=self.block_size, num_tokens=int(loc.index.shape[0]))
         return meta
 
 
 class LocalAttnImpl(LocalLayerMixin, CPUAttentionBackendImpl):
     """Stock CPU attention on global layers; sink + window attention on local ones."""
+
+    _native: bool | None = None  # whether the fused C kernels take this layer (checked at its first forward)
 
     def _unsupported_by_backend(self) -> str | None:
         if self.is_fp8_kv_cache:
@@ -117,19 +138,20 @@ class LocalAttnImpl(LocalLayerMixin, CPUAttentionBackendImpl):
             o_full = torch.empty_like(q_full)
             super().forward(layer, q_full, key, value, kv_cache, meta.full, o_full)
             out3.index_copy_(0, meta.full_index, o_full)
-        from localattn_kernels.cpu import paged_local_attention
-        from localattn_kernels.layout import split_kv_cache
-
         key_cache, value_cache = split_kv_cache(kv_cache)
         local = meta.local
         assert local is not None
-        n = meta.num_actual_tokens
+        n = local.plan.num_tokens
         q_local = query[:n] if local.index is None else query.index_select(0, local.index)
         o_local = out3[:n] if local.index is None else torch.empty_like(q_local)
-        paged_local_attention(
-            q_local, key_cache, value_cache, block_table=local.block_table, seq_lens=local.seq_lens,
-            query_start_loc=local.query_start_loc, window=self._cfg.window_size, sinks=self._cfg.sink_tokens,
-            scale=self.scale, out=o_local, isa=getattr(layer, "isa", "vec"))
+        isa = getattr(layer, "isa", "vec")
+        if self._native is None:  # the layer's shapes, dtypes and ISA: the same every step
+            check_layer_args(q_local, key_cache, value_cache, window=self._cfg.window_size,
+                             sinks=self._cfg.sink_tokens, isa=isa)
+            self._native = native_supports(q_local, key_cache, value_cache, isa)
+        planned_local_attention(
+            q_local, key_cache, value_cache, local.plan, window=self._cfg.window_size, sinks=self._cfg.sink_tokens,
+            scale=self.scale, out=o_local, isa=isa, native=self._native)
         if local.index is not None:
             out3.index_copy_(0, local.index, o_local)
         return output

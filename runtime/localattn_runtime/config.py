@@ -1,7 +1,9 @@
 """The runtime configuration (operator -> plugin): parsed once, validated with errors that name the field.
 
-Pure: no vLLM or torch imports, so the operator side, the CLI and unit tests can use it as is. The JSON uses
-the CRD's camelCase names (`spec.localAttention`); the dataclasses use snake_case.
+Pure: no vLLM or torch imports, so the CLI and unit tests can use it as is. The JSON uses the CRD's camelCase
+names (`spec.localAttention`); the dataclasses use snake_case. Its field names and defaults come from the
+contract's JSON Schema (`localattn_contract`), the one definition the operator renders against as well;
+tests/runtime/test_contract.py feeds every variant the operator renders through `parse`.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ENV_FILE = "LOCALATTN_CONFIG"
-ENV_JSON = "LOCALATTN_CONFIG_JSON"
+import localattn_contract as contract
+
+ENV_FILE = contract.ENV_FILE
+ENV_JSON = contract.ENV_JSON
 
 
 class ConfigError(ValueError):
@@ -43,19 +47,19 @@ class GlobalLayers:
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    enabled: bool = False
-    interval_seconds: float = 60.0
-    golden_set_file: str = "/etc/localattn/golden.json"
-    max_tokens: int = 16
+    enabled: bool = contract.default("probe.enabled")
+    interval_seconds: float = float(contract.default("probe.intervalSeconds"))
+    golden_set_file: str = contract.default("probe.goldenSetFile")
+    max_tokens: int = contract.default("probe.maxTokens")
 
 
 @dataclass(frozen=True)
 class LocalAttnConfig:
-    enabled: bool = True
-    window_size: int = 512
-    sink_tokens: int = 4
+    enabled: bool = contract.default("enabled")
+    window_size: int = contract.default("windowSize")
+    sink_tokens: int = contract.default("sinkTokens")
     global_layers: GlobalLayers = field(default_factory=GlobalLayers)
-    min_context_length: int = 0
+    min_context_length: int = contract.default("minContextLength")
     plan_file: str | None = None
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
@@ -97,8 +101,9 @@ class LocalAttnConfig:
         return out
 
 
-_TOP_KEYS = {"enabled", "windowSize", "sinkTokens", "globalLayers", "minContextLength", "planFile", "probe"}
-_PROBE_KEYS = {"enabled", "intervalSeconds", "goldenSetFile", "maxTokens"}
+_TOP_KEYS = set(contract.keys())
+_PROBE_KEYS = set(contract.keys("probe"))
+_GLOBAL_LAYERS_KEYS = set(contract.keys("globalLayers"))
 
 
 def _int(obj: Mapping[str, Any], key: str, path: str, default: int, *, minimum: int) -> int:
@@ -131,7 +136,7 @@ def _global_layers(value: Any) -> GlobalLayers:
         value = {"indices": value}
     if not isinstance(value, Mapping):
         raise ConfigError("globalLayers", f"must be an object, got {value!r}")
-    _unknown(value, {"indices", "every", "offset"}, "globalLayers")
+    _unknown(value, _GLOBAL_LAYERS_KEYS, "globalLayers")
     if "every" in value:
         if "indices" in value:
             raise ConfigError("globalLayers", "give either indices or every/offset, not both")
@@ -157,17 +162,17 @@ def _probe(value: Any) -> ProbeConfig:
     if not isinstance(value, Mapping):
         raise ConfigError("probe", f"must be an object, got {value!r}")
     _unknown(value, _PROBE_KEYS, "probe")
-    interval = value.get("intervalSeconds", 60)
+    interval = value.get("intervalSeconds", ProbeConfig.interval_seconds)
     if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
         raise ConfigError("probe.intervalSeconds", f"must be a number > 0, got {interval!r}")
     golden = value.get("goldenSetFile", ProbeConfig.golden_set_file)
     if not isinstance(golden, str) or not golden:
         raise ConfigError("probe.goldenSetFile", f"must be a non-empty path, got {golden!r}")
     return ProbeConfig(
-        enabled=_bool(value, "enabled", "probe.enabled", False),
+        enabled=_bool(value, "enabled", "probe.enabled", ProbeConfig.enabled),
         interval_seconds=float(interval),
-        golden_set_file=golden,
-        max_tokens=_int(value, "maxTokens", "probe.maxTokens", 16, minimum=1),
+        golden_set_file=container_path(golden),
+        max_tokens=_int(value, "maxTokens", "probe.maxTokens", ProbeConfig.max_tokens, minimum=1),
     )
 
 
@@ -180,17 +185,31 @@ def parse(obj: Any) -> LocalAttnConfig:
     if plan_file is not None and (not isinstance(plan_file, str) or not plan_file):
         raise ConfigError("planFile", f"must be a non-empty path, got {plan_file!r}")
     cfg = LocalAttnConfig(
-        enabled=_bool(obj, "enabled", "enabled", True),
-        window_size=_int(obj, "windowSize", "windowSize", 512, minimum=1),
-        sink_tokens=_int(obj, "sinkTokens", "sinkTokens", 4, minimum=0),
+        enabled=_bool(obj, "enabled", "enabled", LocalAttnConfig.enabled),
+        window_size=_int(obj, "windowSize", "windowSize", LocalAttnConfig.window_size, minimum=1),
+        sink_tokens=_int(obj, "sinkTokens", "sinkTokens", LocalAttnConfig.sink_tokens, minimum=0),
         global_layers=_global_layers(obj.get("globalLayers")),
-        min_context_length=_int(obj, "minContextLength", "minContextLength", 0, minimum=0),
+        min_context_length=_int(obj, "minContextLength", "minContextLength", LocalAttnConfig.min_context_length,
+                                minimum=0),
         plan_file=plan_file,
         probe=_probe(obj.get("probe")),
     )
     if plan_file is not None:
-        cfg = apply_plan(cfg, read_plan(plan_file))
+        cfg = apply_plan(cfg, read_plan(container_path(plan_file)))
     return cfg
+
+
+DEV_FS_ROOT_ENV = "LOCALATTN_DEV_FS_ROOT"
+
+
+def container_path(path: str, env: Mapping[str, str] | None = None) -> str:
+    """A file path the operator wrote into the config (goldenSetFile, planFile): an in-container path, used as
+    is. The dev cluster's process-mode pods have no mount namespace; they set LOCALATTN_DEV_FS_ROOT to where the
+    pod's filesystem lies on the host, and a path that does not exist as such is looked up there."""
+    root = (os.environ if env is None else env).get(DEV_FS_ROOT_ENV)
+    if root and os.path.isabs(path) and not os.path.exists(path):
+        return os.path.join(root, path.lstrip("/"))
+    return path
 
 
 def read_plan(path: str | Path) -> dict[str, Any]:

@@ -19,6 +19,17 @@ def model_num_layers(vllm_config: Any) -> int:
     return int(vllm_config.model_config.hf_text_config.num_hidden_layers)
 
 
+def own_window_layers(vllm_config: Any) -> frozenset[int]:
+    """Layers with the model's own sliding window (vLLM's attention modules, registered as the model is built)."""
+    ctx = getattr(getattr(vllm_config, "compilation_config", None), "static_forward_context", None) or {}
+    out = set()
+    for name, module in ctx.items():
+        idx = layers.layer_index(name)
+        if getattr(module, "sliding_window", None) is not None and idx is not None:
+            out.add(idx)
+    return frozenset(out)
+
+
 def active_config(vllm_config: Any) -> LocalAttnConfig | None:
     """The enabled configuration, validated against this model (raises ConfigError if it does not fit)."""
     from localattn_runtime.plugin import active_config as _active
@@ -41,8 +52,18 @@ def local_layer_config(attn_module: Any, vllm_config: Any) -> LocalAttnConfig | 
     cfg = active_config(vllm_config)
     if cfg is None:
         return None
-    idx = layers.layer_index(attn_module.layer_name)
-    if idx is None or cfg.is_global(idx, model_num_layers(vllm_config)):
+    name = attn_module.layer_name
+    idx = layers.layer_index(name)
+    if idx is None:  # guessing "global" would silently give a layer the wrong attention
+        raise NotImplementedError(f"localattn: cannot tell which decoder layer {name!r} is (expected a name with "
+                                  f"'layers.<index>.'); this model's layer naming is not supported")
+    n = model_num_layers(vllm_config)
+    conflict = layers.own_window_conflict(n, cfg.global_layer_set(n), own_window_layers(vllm_config))
+    if conflict is not None:
+        from localattn_runtime.config import ConfigError
+
+        raise ConfigError("globalLayers", conflict)
+    if cfg.is_global(idx, n):
         return None
     kv_dtype = getattr(attn_module, "kv_cache_dtype", "auto")
     if kv_dtype != "auto":  # checked when vLLM asks for the KV cache spec, i.e. at startup

@@ -56,8 +56,9 @@ class SinkWindowManager(SlidingWindowManager):
 
     Skipped tokens are not a prefix here, so `get_num_skipped_tokens` reports none: vLLM's prefix-skip
     shortcuts (which assume a prefix) stay off, and `remove_skipped_blocks` frees the middle range itself.
-    Prefix-cache hits need every block of the prefix (a dense scan, like full attention), which is
-    conservative but never hands out a freed block as a hit.
+    Prefix-cache hits are sparse, as a local layer reads: the sink blocks plus the window before the hit's end
+    (`layers.hit_needed_blocks`); the middle is handed out as null blocks. Middle blocks are freed early, so
+    they are the first evicted; a dense hit would die with them and recompute almost the whole prefix.
     """
 
     def __init__(self, kv_cache_spec: SinkWindowSpec, **kwargs: Any) -> None:
@@ -76,7 +77,8 @@ class SinkWindowManager(SlidingWindowManager):
             return
         start, end = layers.freeable_blocks(
             processed_computed_tokens, window=self.sliding_window, sinks=self.sink_tokens,
-            min_context_length=self.min_context_length, block_size=self.block_size)
+            min_context_length=self.min_context_length, block_size=self.block_size,
+            extra_retained=self.extra_retained_tokens)
         end = min(end, len(blocks))
         freed: list[KVCacheBlock] = []
         # Right to left, stopping at the first already-freed block: earlier steps freed everything below it.
@@ -95,38 +97,76 @@ class SinkWindowManager(SlidingWindowManager):
                              kv_cache_spec: KVCacheSpec, use_eagle: bool, retention_interval: int | None = None,
                              reachable_boundaries: Sequence[int] = (), dcp_world_size: int = 1,
                              final_segment_end_block: int | None = None) -> list[bool] | None:
-        return None  # dense: every full block is cached, as the dense hit scan needs
+        """vLLM's sliding-window policy (cache only the window tails a hit at a retained boundary reads), plus
+        the blocks every hit reads: the sink blocks, and all blocks a query below minContextLength reads."""
+        assert isinstance(kv_cache_spec, SinkWindowSpec)
+        mask = SlidingWindowManager.reachable_block_mask(
+            start_block, end_block, alignment_tokens, kv_cache_spec, use_eagle, retention_interval,
+            reachable_boundaries, dcp_world_size, final_segment_end_block)
+        if mask is None:
+            return None
+        block_size = kv_cache_spec.block_size * dcp_world_size
+        always = max(-(-kv_cache_spec.sink_tokens // block_size),
+                     -(-layers.first_local_position(kv_cache_spec.min_context_length) // block_size)
+                     + int(use_eagle))
+        for i in range(start_block, min(end_block, always)):
+            mask[i - start_block] = True
+        return mask
 
     @classmethod
     def find_longest_cache_hit(cls, block_hashes: BlockHashList, max_length: int, kv_cache_group_ids: list[int],
                                block_pool: BlockPool, kv_cache_spec: KVCacheSpec, drop_eagle_block: bool,
                                alignment_tokens: int, dcp_world_size: int = 1,
                                pcp_world_size: int = 1) -> tuple[tuple[list[KVCacheBlock], ...], int]:
+        """The longest aligned hit whose needed blocks (`layers.hit_needed_blocks`) are all cached.
+
+        Candidates are tried from the longest down; a miss at block j rules out every candidate that needs j,
+        so the scan jumps below it and each block hash is looked up at most once.
+        """
         assert isinstance(kv_cache_spec, SinkWindowSpec)
         block_size = kv_cache_spec.block_size
         hashes = resolve_block_hashes(block_hashes, block_pool.hash_block_size, block_size,
                                       alignment_tokens=alignment_tokens)
-        computed: tuple[list[KVCacheBlock], ...] = tuple([] for _ in kv_cache_group_ids)
-        for i in range(max_length // block_size):
-            cached = block_pool.get_cached_block(hashes[i], kv_cache_group_ids)
-            if not cached:
+        found: dict[int, list[KVCacheBlock] | None] = {}
+
+        def cached(i: int) -> list[KVCacheBlock] | None:
+            if i not in found:
+                found[i] = block_pool.get_cached_block(hashes[i], kv_cache_group_ids)
+            return found[i]
+
+        def first_miss(lo: int, hi: int) -> int | None:  # the rightmost uncached block in [lo, hi)
+            return next((j for j in range(hi - 1, lo - 1, -1) if cached(j) is None), None)
+
+        eagle = int(drop_eagle_block)
+        n = max_length // block_size
+        sink_end = tail_start = 0
+        while n > eagle:
+            if (n - eagle) * block_size % alignment_tokens:
+                n -= 1
+                continue
+            sink_end, tail_start = layers.hit_needed_blocks(
+                n, window=kv_cache_spec.sliding_window, sinks=kv_cache_spec.sink_tokens,
+                min_context_length=kv_cache_spec.min_context_length, block_size=block_size,
+                lookahead_block=drop_eagle_block)
+            miss = first_miss(tail_start, n)
+            if miss is None:
+                miss = first_miss(0, sink_end)
+            if miss is None:
                 break
-            for out, blk in zip(computed, cached, strict=True):
-                out.append(blk)
-
-        def aligned() -> bool:
-            return len(computed[0]) * block_size % alignment_tokens == 0
-
-        while computed[0] and not aligned():
+            n = miss
+        if n <= eagle:
+            return tuple([] for _ in kv_cache_group_ids), 0
+        null = block_pool.null_block
+        computed: tuple[list[KVCacheBlock], ...] = tuple([null] * n for _ in kv_cache_group_ids)
+        for i in (*range(sink_end), *range(tail_start, n)):
+            blks = found[i]
+            assert blks is not None
+            for out, blk in zip(computed, blks, strict=True):
+                out[i] = blk
+        if eagle:
             for out in computed:
                 out.pop()
-        if drop_eagle_block and computed[0]:
-            for out in computed:
-                out.pop()
-            while computed[0] and not aligned():
-                for out in computed:
-                    out.pop()
-        return computed, len(computed[0]) * block_size
+        return computed, (n - eagle) * block_size
 
 
 def _report_freed(n: int) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import sys
+from collections.abc import Mapping
 
 from localattn_runtime import config as _config
 from localattn_runtime.config import LocalAttnConfig
@@ -17,8 +19,13 @@ from localattn_runtime.config import LocalAttnConfig
 log = logging.getLogger(__name__)
 
 #: vLLM minor versions whose internals (backend registry, KV cache spec registry, CPU/Triton backends) this
-#: plugin is written and tested against; others get a warning, not a refusal.
+#: plugin is written and tested against (docs/runtime.md, "Supported vLLM versions"). Any other version is
+#: refused at start-up: the plugin subclasses internals that change between minors, and a mismatch shows up as
+#: wrong attention or a scheduler crash long after start, not as an import error.
 SUPPORTED_VLLM = ("0.32.",)
+
+#: Set to 1 to run on an unsupported vLLM anyway (a warning instead of the refusal): for trying a new vLLM.
+ENV_ALLOW_UNSUPPORTED = "LOCALATTN_ALLOW_UNSUPPORTED_VLLM"
 
 BACKEND_CPU = "localattn_runtime.backend.LocalAttnBackend"
 BACKEND_GPU = "localattn_runtime.backend_gpu.LocalAttnTritonBackend"
@@ -52,12 +59,30 @@ def vllm_supported(version: str) -> bool:
     return version.startswith(SUPPORTED_VLLM)
 
 
+class UnsupportedVLLMError(RuntimeError):
+    """The installed vLLM is not one this plugin supports (and the override is not set)."""
+
+
+def check_vllm_version(version: str, env: Mapping[str, str] | None = None) -> None:
+    """Refuse an unsupported vLLM with a message saying what to do; warn only under the override."""
+    env = os.environ if env is None else env
+    if vllm_supported(version):
+        return
+    supported = ", ".join(v + "x" for v in SUPPORTED_VLLM)
+    if env.get(ENV_ALLOW_UNSUPPORTED) == "1":
+        log.warning("localattn: vLLM %s is unsupported (supported: %s); running anyway because %s=1",
+                    version, supported, ENV_ALLOW_UNSUPPORTED)
+        return
+    raise UnsupportedVLLMError(
+        f"localattn: vLLM {version} is not supported (supported: {supported}). The attention backend and KV "
+        f"manager subclass vLLM internals that change between versions; install a supported vLLM, or set "
+        f"{ENV_ALLOW_UNSUPPORTED}=1 to try this one anyway")
+
+
 def _check_vllm_version() -> None:
     import vllm
 
-    if not vllm_supported(vllm.__version__):
-        log.warning("localattn: vLLM %s is untested (supported: %s); the attention backend and KV manager "
-                    "subclass vLLM internals", vllm.__version__, ", ".join(v + "x" for v in SUPPORTED_VLLM))
+    check_vllm_version(vllm.__version__)
 
 
 def _register_backends() -> None:

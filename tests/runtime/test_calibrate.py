@@ -66,3 +66,41 @@ def test_cli_calibrates_the_tiny_model_into_a_plan_the_plugin_accepts(
     cfg = config.parse({"windowSize": 64, "sinkTokens": 4, "globalLayers": {"indices": [1]},
                         "planFile": str(out)})
     assert cfg.global_layer_set(4) == frozenset(plan["globalLayers"])
+
+
+def test_to_configmap_writes_a_manifest_the_lad_can_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--to-configmap`: a ConfigMap manifest (YAML on stdout, table on stderr) whose plan the plugin accepts at
+    the path the operator mounts it, for a LAD whose calibrationPlan names it."""
+    import yaml
+
+    from localattn_operator.render import Owner, render_children, runtime_config
+    from localattn_operator.validation import validate_spec
+
+    plan = make_plan("m", 64, 4, 1, [LayerMass(0, 0.1), LayerMass(1, 0.3), LayerMass(2, 0.2)])
+    parser = argparse.ArgumentParser()
+    calibrate_cmd.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["calibrate", "--model", "m", "--window", "64", "--sinks", "4", "--budget", "1",
+                              "--to-configmap", "llama-plan", "--namespace", "serving"])
+    calibrate_cmd.emit(plan, args)
+    out, err = capsys.readouterr()
+    assert "outside mass" in err and "outside mass" not in out
+    cm = yaml.safe_load(out)
+    assert (cm["kind"], cm["metadata"]["name"], cm["metadata"]["namespace"]) == ("ConfigMap", "llama-plan", "serving")
+    assert json.loads(cm["data"][calibrate_cmd.PLAN_KEY]) == plan
+
+    spec = validate_spec({"model": {"uri": "pvc://models/llama/v1"},
+                          "localAttention": {"windowSize": 64, "calibrationPlan": {"configMapName": "llama-plan"}}})
+    pod = {c["kind"]: c for c in render_children(Owner("llama", "serving", "u"), spec)}["Deployment"]
+    (volume,) = [v for v in pod["spec"]["template"]["spec"]["volumes"] if v["name"] == "calibration-plan"]
+    assert volume["configMap"] == {"name": "llama-plan", "items": [{"key": "plan.json", "path": "plan.json"}]}
+    mounted = tmp_path / "plan.json"  # what the kubelet writes from the ConfigMap
+    mounted.write_text(cm["data"]["plan.json"])
+    rendered = runtime_config(spec)
+    assert rendered["planFile"].endswith("/plan.json")
+    cfg = config.parse({**rendered, "planFile": str(mounted)})
+    assert cfg.global_layer_set(3) == frozenset({1})
+
+    args = parser.parse_args(["calibrate", "--model", "m", "--window", "64", "--sinks", "4", "--budget", "1",
+                              "--to-configmap", "p", "--key", "k.json", "--out", str(tmp_path / "cm.yaml")])
+    calibrate_cmd.emit(plan, args)
+    assert "k.json" in yaml.safe_load((tmp_path / "cm.yaml").read_text())["data"]

@@ -167,3 +167,50 @@ def test_installed_vllm_is_supported() -> None:
 
     assert plugin.vllm_supported(vllm.__version__), vllm.__version__
     assert not plugin.vllm_supported("0.31.2")
+
+
+def test_unsupported_vllm_is_refused_unless_overridden(caplog: pytest.LogCaptureFixture) -> None:
+    from localattn_runtime import plugin
+
+    plugin.check_vllm_version("0.32.0", {})
+    plugin.check_vllm_version("0.32.7", {})
+    for version in ("0.33.0", "0.31.2", "1.0.0"):
+        with pytest.raises(plugin.UnsupportedVLLMError, match=rf"vLLM {version} is not supported.*0\.32\.x.*"
+                                                             rf"LOCALATTN_ALLOW_UNSUPPORTED_VLLM=1"):
+            plugin.check_vllm_version(version, {})
+    with caplog.at_level("WARNING", logger="localattn_runtime.plugin"):
+        plugin.check_vllm_version("0.33.0", {"LOCALATTN_ALLOW_UNSUPPORTED_VLLM": "1"})
+    assert "unsupported" in caplog.text
+
+
+def test_register_refuses_an_unsupported_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At start-up, through `register()` as vLLM calls it: the refusal, then the override."""
+    import vllm
+
+    from localattn_runtime import plugin
+
+    monkeypatch.setenv("LOCALATTN_CONFIG_JSON", json.dumps({"windowSize": 64}))
+    monkeypatch.setattr(plugin, "_state", {})
+    monkeypatch.setattr(vllm, "__version__", "0.33.0")
+    monkeypatch.delenv(plugin.ENV_ALLOW_UNSUPPORTED, raising=False)
+    with pytest.raises(plugin.UnsupportedVLLMError):
+        plugin.register()
+    monkeypatch.setattr(plugin, "_state", {})
+    monkeypatch.setenv(plugin.ENV_ALLOW_UNSUPPORTED, "1")
+    monkeypatch.setattr(plugin, "_register_backends", lambda: None)  # leave vLLM's backend registry alone
+    plugin.register()
+    assert plugin._state.get("registered")
+
+
+def test_config_file_paths_resolve_under_the_dev_clusters_pod_root(tmp_path) -> None:
+    """Process-mode pods have no mount namespace: an in-container path in the config file that does not exist
+    is looked up under LOCALATTN_DEV_FS_ROOT; an existing path, or no root, leaves it as written."""
+    from localattn_runtime.config import container_path
+
+    (tmp_path / "etc" / "golden").mkdir(parents=True)
+    (tmp_path / "etc" / "golden" / "set.json").write_text("{}")
+    env = {"LOCALATTN_DEV_FS_ROOT": str(tmp_path)}
+    assert container_path("/etc/golden/set.json", env) == str(tmp_path / "etc" / "golden" / "set.json")
+    assert container_path("/etc/golden/set.json", {}) == "/etc/golden/set.json"
+    assert container_path(str(tmp_path / "etc"), env) == str(tmp_path / "etc")  # exists: as written
+    assert container_path("relative.json", env) == "relative.json"

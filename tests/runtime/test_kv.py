@@ -15,6 +15,7 @@ from localattn_runtime import layers
 
 # The shared engine runner (a script as well as a module; loaded by path under --import-mode=importlib).
 run_engines = runpy.run_path(str(Path(__file__).with_name("_engines.py")))["run_engines"]
+kept_blocks = runpy.run_path(str(Path(__file__).with_name("_kv_oracle.py")))["kept_blocks"]
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -66,10 +67,11 @@ def test_local_layers_free_blocks_outside_sinks_and_window(runs: dict[str, Any])
             continue
         (req,) = step["reqs"].values()
         # vLLM frees when it schedules a step, on the tokens computed before it: the previous step's count.
-        start, end = layers.freeable_blocks(before, window=W, sinks=S, min_context_length=0, block_size=BS)
+        # The oracle is the attention rule itself, not the block arithmetic the manager calls.
         for g in local:
             held = req["blocks"][g]
-            expected = [0 if start <= i < end else 1 for i in range(len(held))]
+            expected = [int(k) for k in kept_blocks(before, len(held), block_size=BS, window=W, sinks=S,
+                                                    min_context_length=0)]
             assert held == expected, f"group {g} after {before} computed tokens"
             assert held[:2] == [1, 1]  # the sink blocks are kept
         for g in full:
@@ -102,6 +104,6 @@ def test_fixed_budget_holds_more_long_sequences(runs: dict[str, Any]) -> None:
                                                            block_size=BS)
     expected = full_blocks / local_blocks
     got_stock, got_local = _max_decoding(stock), _max_decoding(local)
-    print(f"concurrent decoding sequences: stock {got_stock}, local {got_local}; expected factor {expected:.2f}")
     assert got_stock <= 4
-    assert got_local >= int(got_stock * expected * 0.9)  # measured: 4 -> 10 for an expected 2.70x
+    # the figure itself (4 -> 10 for an expected 2.70x) is printed by benchmarks/kv_capacity.py
+    assert got_local >= int(got_stock * expected * 0.9)

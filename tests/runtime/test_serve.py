@@ -57,7 +57,9 @@ def _env(**extra: str) -> dict[str, str]:
 def _serve_args(model: Path, port: int) -> list[str]:
     args = _rendered()[0]
     args[0] = str(model)
-    args[args.index("--host") + 1] = "127.0.0.1"
+    # The operator renders `--host $(POD_IP)` (downward API); kubelet expands it from the container's env.
+    assert args[args.index("--host") + 1] == "$(POD_IP)"
+    args = [a.replace("$(POD_IP)", "127.0.0.1") for a in args]
     args[args.index("--port") + 1] = str(port)
     return [VLLM, "serve", *args]
 

@@ -8,6 +8,9 @@ import os
 
 def _run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
+        # Read by the operator's settings (before its handlers are imported): the given kubeconfig wins over
+        # the in-cluster configuration, for our client and for kopf's login alike.
+        os.environ["LOCALATTN_KUBECONFIG"] = args.kubeconfig
         os.environ["KUBECONFIG"] = args.kubeconfig
     import kopf
 
@@ -33,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     verbs = op.add_subparsers(dest="verb", metavar="VERB", required=True)
     run = verbs.add_parser("run", help="reconcile LocalAttnDeployments until interrupted")
     run.add_argument("--namespace", "-n", action="append", help="watch only these namespaces (repeatable)")
-    run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    run.add_argument("--kubeconfig", help="kubeconfig file; wins over the in-cluster configuration (default: in-cluster, then $KUBECONFIG)")
     run.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics port (0 disables)")
     run.add_argument("--metrics-address", default="0.0.0.0")
     run.add_argument("--liveness", default="", help="e.g. http://0.0.0.0:8081/healthz")

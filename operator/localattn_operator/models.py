@@ -94,6 +94,13 @@ class GlobalLayers(ApiModel):
     offset: int = Field(default=0, ge=0)
 
 
+class CalibrationPlanRef(ApiModel):
+    """A `localattn calibrate` plan in a ConfigMap (`localattn calibrate --to-configmap NAME` writes one)."""
+
+    config_map_name: str = Field(min_length=1, max_length=253)
+    key: str = Field(default="plan.json", min_length=1, max_length=253)
+
+
 class LocalAttentionSpec(ApiModel):
     enabled: bool = True
     window_size: int = Field(default=1024, ge=1, description="W: each query sees the last W tokens.")
@@ -101,6 +108,10 @@ class LocalAttentionSpec(ApiModel):
     global_layers: GlobalLayers = Field(default_factory=GlobalLayers)
     min_context_length: int = Field(
         default=0, ge=0, description="Sequences shorter than this use full attention in every layer."
+    )
+    calibration_plan: CalibrationPlanRef | None = Field(
+        default=None,
+        description="A calibration plan whose globalLayers replace globalLayers (mounted into the pod as planFile).",
     )
 
 
@@ -111,6 +122,252 @@ class MemorySpec(ApiModel):
     swap_space_gb: float = Field(
         default=0, ge=0, alias="swapSpaceGB", description="CPU KV offloading buffer (vLLM >= 0.11: --kv-offloading-size)."
     )
+    kv_cache_memory: int | str | None = Field(  # an optional Quantity, flat so the CRD says int-or-string
+        default=None,
+        json_schema_extra={"x-kubernetes-int-or-string": True},
+        description=(
+            "KV cache size per pod, a Kubernetes quantity (e.g. 512Mi, 4Gi): rendered as vLLM's "
+            "--kv-cache-memory-bytes, which takes precedence over gpuMemoryUtilization for the KV cache. "
+            "Needed on CPU nodes, where vLLM otherwise reserves gpuMemoryUtilization x RAM."
+        ),
+    )
+
+
+class AutoscalingTargets(ApiModel):
+    """What the autoscaler keeps each replica at; set one or more (the largest recommendation wins, as in the HPA).
+
+    Per-replica signals are averaged over the LAD's ready pods; latencies are the LAD-wide p95 from vLLM's
+    histograms (percentiles do not average). Missing data holds the replica count, never reads as zero load.
+    """
+
+    waiting_requests_per_replica: float | None = Field(
+        default=None, gt=0, le=10000, description="Average `vllm:num_requests_waiting` per ready replica."
+    )
+    kv_cache_usage: float | None = Field(
+        default=None, gt=0, le=1,
+        description=(
+            "Target `vllm:kv_cache_usage_perc` (0..1). The decision converts waiting requests into KV demand at "
+            "the measured KV cost per running sequence, so local attention's smaller per-sequence KV counts."
+        ),
+    )
+    p95_latency_seconds: float | None = Field(
+        default=None, gt=0, description="LAD-wide p95 of `vllm:e2e_request_latency_seconds`."
+    )
+    p95_ttft_seconds: float | None = Field(
+        default=None, gt=0, alias="p95TTFTSeconds", description="LAD-wide p95 of `vllm:time_to_first_token_seconds`."
+    )
+
+
+class ScaleUpRules(ApiModel):
+    """HPA defaults: react at once, but at most double (or +4 pods) per period, so one spike cannot max out."""
+
+    stabilization_window_seconds: int = Field(
+        default=0, ge=0, le=3600, description="Scale up to the lowest recommendation seen over this window."
+    )
+    max_increase_percent: int = Field(default=100, ge=1, le=1000, description="Per period, relative to its start.")
+    max_increase_pods: int = Field(default=4, ge=1, le=1000, description="Per period; the larger limit applies.")
+    period_seconds: int = Field(default=15, ge=1, le=1800)
+
+
+class ScaleDownRules(ApiModel):
+    """HPA default window (300 s: scale down to the highest recommendation seen), plus a delay after any scale."""
+
+    stabilization_window_seconds: int = Field(
+        default=300, ge=0, le=3600, description="Scale down to the highest recommendation seen over this window."
+    )
+    delay_seconds: int = Field(
+        default=120, ge=0, le=3600,
+        description="No scale-down sooner than this after the last scale event (new vLLM pods need minutes to warm).",
+    )
+
+
+class AutoscalingSpec(ApiModel):
+    """When set, the operator owns `spec.replicas` (written through the scale subresource); a hand scale is
+    reverted with a `ScaleReverted` event. Leave it unset to drive the LAD with your own HPA or KEDA."""
+
+    min_replicas: int = Field(
+        default=1, ge=1, le=1000, description="At least 1: per-replica metrics cannot wake a LAD from zero."
+    )
+    max_replicas: int = Field(ge=1, le=1000)
+    targets: AutoscalingTargets
+    scale_up: ScaleUpRules = Field(default_factory=ScaleUpRules)
+    scale_down: ScaleDownRules = Field(default_factory=ScaleDownRules)
+
+
+# --- progressive delivery (spec) --------------------------------------------------------------------------
+# Durations are Go-style strings as in Argo Rollouts and Flagger ("30s", "5m", "1h30m"); `duration.py` parses
+# them. The pattern lets the CRD reject what is not a duration at `kubectl apply`.
+DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN, min_length=2, max_length=24)]
+# A replica count or a percentage of spec.replicas ("25%"), as a Deployment's maxSurge.
+IntOrPercent = Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True})]
+
+
+class PauseStep(ApiModel):
+    """Hold the current weight: for `duration`, or (without it) until a manual resume or promote."""
+
+    duration: Duration | None = Field(default=None, description="Omitted: wait for localattn.dev/resume or promote.")
+
+
+class RolloutStep(ApiModel):
+    """One step: `setWeight` (then one analysis interval at that weight) or `pause`. Exactly one of them."""
+
+    set_weight: int | None = Field(
+        default=None, ge=1, le=100, description="Percent of traffic for the canary; analysed before the next step."
+    )
+    pause: PauseStep | None = None
+    analysis_interval: Duration | None = Field(
+        default=None, description="This step's analysis window (default spec.analysis.interval); setWeight only."
+    )
+
+
+def _default_steps() -> list[RolloutStep]:
+    return [RolloutStep(set_weight=10), RolloutStep(set_weight=25), RolloutStep(set_weight=50)]
+
+
+class GatewayAPIRouter(ApiModel):
+    """Weighted backendRefs of an HTTPRoute in the LAD's namespace; the operator patches only the weights."""
+
+    http_route: str = Field(min_length=1, max_length=253)
+    backend_kind: Literal["Service", "InferencePool"] = Field(
+        default="Service", description="InferencePool: Gateway API Inference Extension; one pool per arm."
+    )
+
+
+class RouterSpec(ApiModel):
+    """How traffic is split. Unset: `replicas` (the share of ready pods behind the one Service)."""
+
+    gateway_api: GatewayAPIRouter | None = Field(default=None, alias="gatewayAPI")
+
+
+class RolloutSpec(ApiModel):
+    steps: list[RolloutStep] | None = Field(
+        default=None, max_length=32,
+        description=(
+            "Canary steps; after the last one the canary is promoted. Omitted: setWeight 10, 25, 50. "
+            "[]: promote at once (no analysis)."
+        ),
+    )
+    max_surge: IntOrPercent = Field(
+        default="25%",
+        description="Extra pods (count or % of replicas) the rollout may add; 0 takes canary pods from stable.",
+    )
+    progress_deadline_seconds: int = Field(
+        default=600, ge=30, le=86400, description="A canary not ready this long after a step began is rolled back."
+    )
+    router: RouterSpec = Field(default_factory=RouterSpec)
+    post_promotion_guard: Duration | None = Field(
+        default=None, description="After a promotion, a quality regression this soon rolls back to the previous revision."
+    )
+    revision_history_limit: int = Field(default=5, ge=1, le=50, description="Revision records kept for rollback.")
+
+    def effective_steps(self) -> list[RolloutStep]:
+        return _default_steps() if self.steps is None else self.steps
+
+
+class LatencyRegression(ApiModel):
+    """Largest allowed p95 increase of the canary over stable, in percent, per latency. Only the listed gates
+    apply (a null cannot disable a defaulted field in a CRD, so the defaults are on the whole object)."""
+
+    e2e: float | None = Field(default=None, ge=0, le=1000, alias="e2e", description="End-to-end request latency.")
+    ttft: float | None = Field(default=None, ge=0, le=1000, description="Time to first token.")
+    itl: float | None = Field(default=None, ge=0, le=1000, description="Inter-token latency.")
+
+
+_LATENCY_DEFAULTS: dict[str, Any] = {"e2e": 20.0, "ttft": 20.0, "itl": 20.0}
+
+
+def _default_latency() -> LatencyRegression:
+    return LatencyRegression.model_validate(_LATENCY_DEFAULTS)
+
+
+class Thresholds(ApiModel):
+    max_latency_regression_percent: LatencyRegression = Field(
+        default_factory=_default_latency, json_schema_extra={"default": _LATENCY_DEFAULTS},
+        description="Default: 20% for each of e2e, ttft and itl; `{}` disables the latency gates.",
+    )
+    max_error_rate: float | None = Field(default=0.01, ge=0, le=1, description="Non-2xx share of the canary's requests.")
+    max_perplexity_ratio: float | None = Field(
+        default=None, ge=1, le=100, description="Canary / stable probe perplexity (needs spec.probe.enabled)."
+    )
+    max_exact_match_drop: float | None = Field(
+        default=None, ge=0, le=1, description="Stable minus canary probe exact match (needs spec.probe.enabled)."
+    )
+    min_agreement: float | None = Field(
+        default=None, ge=0, le=1, description="Paired greedy token agreement (needs spec.pairedComparison.enabled)."
+    )
+    min_cost_saving_percent: float | None = Field(
+        default=None, ge=-100, le=100, description="Cost per 1M generated tokens, canary vs stable; negative allows a rise."
+    )
+
+
+class PrometheusProvider(ApiModel):
+    url: str | None = Field(default=None, min_length=1, description="Default: the operator's --prometheus-url.")
+
+
+class ScrapeProvider(ApiModel):
+    """Read the arms' pods' /metrics directly (no Prometheus needed)."""
+
+
+class MetricsProviderSpec(ApiModel):
+    """Where measurements come from. Both set: Prometheus first, scraping when Prometheus errors."""
+
+    prometheus: PrometheusProvider | None = None
+    scrape: ScrapeProvider | None = None
+
+
+class AnalysisSpec(ApiModel):
+    interval: Duration = Field(default="1m", description="Window of each measurement (and the time per step).")
+    initial_delay: Duration = Field(
+        default="0s",
+        description="Wait this long after a step's pods are ready before its first window (Argo's initialDelay): "
+        "a new pod's first requests (cold caches, lazy kernel builds) are not the revision's steady latency.",
+    )
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    min_requests: int = Field(
+        default=20, ge=1, le=1_000_000, description="Fewer requests per arm in a window: the window is missing data."
+    )
+    failure_limit: int = Field(default=0, ge=0, le=100, description="Failed measurements beyond this roll back.")
+    inconclusive_limit: int = Field(default=3, ge=0, le=100, description="Inconclusive ones beyond this roll back.")
+    consecutive_error_limit: int = Field(
+        default=4, ge=0, le=100, description="Provider errors in a row beyond this count as missing data."
+    )
+    missing_data: Literal["inconclusive", "fail"] = Field(
+        default="inconclusive", description="inconclusive: hold (never promote blindly); fail: count as a failure."
+    )
+    provider: MetricsProviderSpec = Field(default_factory=MetricsProviderSpec)
+    length_buckets: list[int] | None = Field(
+        default=None, max_length=8,
+        description="Prompt-length boundaries in tokens; default [W, 4W] from localAttention.windowSize.",
+    )
+
+
+class CostSpec(ApiModel):
+    gpu_hour_price: float = Field(gt=0, le=1_000_000)
+    currency: str = Field(default="USD", min_length=1, max_length=8)
+
+
+class ConfigMapKeyRef(ApiModel):
+    name: str = Field(min_length=1, max_length=253)
+    key: str = Field(min_length=1, max_length=253)
+
+
+class ProbeSpec(ApiModel):
+    """The runtime's quality probe (teacher-forced perplexity and greedy exact match on a golden set)."""
+
+    enabled: bool = False
+    golden_set: ConfigMapKeyRef | None = Field(default=None, description="Default: the runtime's built-in set.")
+    interval_seconds: int = Field(default=60, ge=5, le=86400)
+    max_tokens: int = Field(default=16, ge=1, le=4096)
+
+
+class PairedComparisonSpec(ApiModel):
+    """The operator sends the same prompts, greedy, to one stable and one canary pod and compares the tokens."""
+
+    enabled: bool = False
+    prompts: ConfigMapKeyRef | None = Field(default=None, description="Extra prompts (one per line) besides the golden set.")
+    max_prompts: int = Field(default=32, ge=1, le=1024)
+    max_tokens: int = Field(default=32, ge=1, le=4096)
 
 
 class LocalAttnDeploymentSpec(ApiModel):
@@ -119,10 +376,20 @@ class LocalAttnDeploymentSpec(ApiModel):
     local_attention: LocalAttentionSpec = Field(default_factory=LocalAttentionSpec)
     memory: MemorySpec = Field(default_factory=MemorySpec)
     replicas: int = Field(default=1, ge=0, le=1000)
+    autoscaling: AutoscalingSpec | None = Field(
+        default=None, description="Scale on vLLM's load signals; the operator then owns spec.replicas."
+    )
+    rollout: RolloutSpec | None = Field(
+        default=None, description="Canary rollout of a new revision; unset: a new revision replaces the old at once."
+    )
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+    cost: CostSpec | None = None
+    probe: ProbeSpec = Field(default_factory=ProbeSpec)
+    paired_comparison: PairedComparisonSpec = Field(default_factory=PairedComparisonSpec)
 
 
 Phase = Literal["Pending", "Progressing", "Ready", "Degraded", "InvalidSpec"]
-ConditionType = Literal["Ready", "Progressing", "Degraded", "InvalidSpec"]
+ConditionType = Literal["Ready", "Progressing", "Degraded", "InvalidSpec", "QualityDrift"]
 
 
 class Condition(ApiModel):
@@ -132,6 +399,168 @@ class Condition(ApiModel):
     message: str | None = None
     last_transition_time: str | None = None
     observed_generation: int | None = None
+
+
+class ScaleRecord(ApiModel):
+    """One autoscaler decision that changed the replica count: old -> new, and the signal that drove it."""
+
+    time: str
+    from_replicas: int = Field(alias="from")
+    to_replicas: int = Field(alias="to")
+    signal: str
+    value: float | None = None
+    reason: str
+
+
+class Recommendation(ApiModel):
+    """A past raw recommendation, kept (bounded by the windows) so a restarted operator keeps stabilising."""
+
+    time: str
+    replicas: int
+
+
+class AutoscalingStatus(ApiModel):
+    desired_replicas: int | None = None
+    current_replicas: int | None = None
+    last_decision: ScaleRecord | None = None
+    headroom_per_replica: float | None = Field(
+        default=None, description="Concurrent sequences each ready replica's KV cache can still admit (measured)."
+    )
+    gpu_limited: bool = False
+    gpu_limited_message: str | None = None
+    recommendations: list[Recommendation] = Field(default_factory=list)
+    scale_events: list[ScaleRecord] = Field(default_factory=list, description="Recent scale events (rate limits).")
+
+
+# --- progressive delivery (status) ------------------------------------------------------------------------
+RolloutPhase = Literal["Idle", "Progressing", "Paused", "Promoting", "Promoted", "RollingBack", "RolledBack", "Aborted"]
+MeasurementPhase = Literal["Successful", "Failed", "Inconclusive", "Error"]
+BUCKET_ALL = "all"
+
+
+class ArmFiguresStatus(ApiModel):
+    """What one arm measured over one window (or one length bucket of it); null: no data."""
+
+    requests: float | None = None
+    p95_latency_seconds: float | None = None
+    p95_ttft_seconds: float | None = Field(default=None, alias="p95TTFTSeconds")
+    p95_itl_seconds: float | None = Field(default=None, alias="p95ITLSeconds")
+    error_rate: float | None = None
+    tokens_per_gpu_second: float | None = Field(default=None, alias="tokensPerGPUSecond")
+    cost_per_million_tokens: float | None = None
+    probe_perplexity: float | None = None
+    probe_exact_match: float | None = None
+
+
+class BucketFiguresStatus(ArmFiguresStatus):
+    bucket: str = Field(description="Prompt length in tokens, `lo-hi` (hi exclusive) or `lo-inf`.")
+
+
+class ArmAnalysisStatus(ArmFiguresStatus):
+    revision: str | None = None
+    buckets: list[BucketFiguresStatus] = Field(default_factory=list)
+
+
+class PairedFiguresStatus(ApiModel):
+    bucket: str = BUCKET_ALL
+    prompts: int = 0
+    agreement: float | None = Field(default=None, description="Share of greedy tokens equal in both arms.")
+    first_divergence: float | None = Field(default=None, description="Mean position of the first differing token.")
+    logprob_divergence: float | None = Field(default=None, description="Mean |logprob difference| per token.")
+
+
+class GateStatus(ApiModel):
+    """One gate of one measurement, with the numbers that decided it."""
+
+    gate: str
+    bucket: str = BUCKET_ALL
+    phase: MeasurementPhase
+    canary: float | None = None
+    stable: float | None = None
+    threshold: float | None = None
+    message: str = ""
+
+
+class Measurement(ApiModel):
+    """One analysis window (Argo's Measurement): bounded list in status, newest last."""
+
+    phase: MeasurementPhase
+    started_at: str
+    finished_at: str
+    step_index: int
+    canary_revision: str
+    message: str = ""
+
+
+class AnalysisCounters(ApiModel):
+    successful: int = 0
+    failed: int = 0
+    inconclusive: int = 0
+    errors: int = 0
+    consecutive_errors: int = 0
+
+
+class LastAnalysisStatus(ApiModel):
+    phase: MeasurementPhase
+    finished_at: str
+    stable: ArmAnalysisStatus = Field(default_factory=ArmAnalysisStatus)
+    canary: ArmAnalysisStatus = Field(default_factory=ArmAnalysisStatus)
+    paired: list[PairedFiguresStatus] = Field(default_factory=list)
+    gates: list[GateStatus] = Field(default_factory=list)
+
+
+class RolloutDecisionRecord(ApiModel):
+    """One state change of the rollout and why (bounded history, newest last)."""
+
+    time: str
+    from_phase: RolloutPhase = Field(alias="from")
+    to_phase: RolloutPhase = Field(alias="to")
+    reason: str
+    message: str = ""
+
+
+class ManualAcknowledged(ApiModel):
+    """The last value of each control annotation already acted on: each request is handled exactly once."""
+
+    promote: str | None = None
+    abort: str | None = None
+    pause: str | None = None
+    resume: str | None = None
+
+
+class RolloutStatus(ApiModel):
+    phase: RolloutPhase = "Idle"
+    stage: Literal["shift", "handover"] | None = Field(
+        default=None, description="Promoting/RollingBack: shift capacity to the new arm, then hand it to the stable arm."
+    )
+    message: str = ""
+    stable_revision: str | None = None
+    canary_revision: str | None = None
+    previous_revision: str | None = Field(default=None, description="Stable before the last promotion (guard rollback).")
+    rejected_revision: str | None = Field(default=None, description="Rolled back or aborted: not retried until changed.")
+    draining_revision: str | None = Field(
+        default=None, description="A removed canary whose ready pods serve only until stable is back to full capacity."
+    )
+    step_index: int = 0
+    step_started_at: str | None = None
+    settled_at: str | None = Field(default=None, description="When this step's arms were first ready.")
+    next_analysis_at: str | None = None
+    pause_until: str | None = None
+    paused_manually: bool = False
+    guard_until: str | None = None
+    quality_drift: bool = Field(default=False, description="After the guard: stable quality below the thresholds.")
+    desired_weight: int = Field(default=0, ge=0, le=100)
+    achieved_weight: int = Field(default=0, ge=0, le=100, description="Ready canary / ready pods (replicas router).")
+    stable_replicas: int = 0
+    canary_replicas: int = 0
+    started_at: str | None = None
+    last_transition_at: str | None = None
+    counters: AnalysisCounters = Field(default_factory=AnalysisCounters)
+    last_analysis: LastAnalysisStatus | None = None
+    baseline: ArmAnalysisStatus | None = Field(default=None, description="The previous stable's figures (guard).")
+    measurements: list[Measurement] = Field(default_factory=list)
+    history: list[RolloutDecisionRecord] = Field(default_factory=list)
+    acknowledged: ManualAcknowledged = Field(default_factory=ManualAcknowledged)
 
 
 class LocalAttnDeploymentStatus(ApiModel):
@@ -149,6 +578,8 @@ class LocalAttnDeploymentStatus(ApiModel):
     p95_latency_seconds: float | None = None
     quality: float | None = None
     conditions: list[Condition] = Field(default_factory=list)
+    autoscaling: AutoscalingStatus | None = None
+    rollout: RolloutStatus | None = None
 
 
 class LocalAttnDeployment(ApiModel):

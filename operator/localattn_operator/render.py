@@ -1,28 +1,54 @@
-"""Pure rendering: a validated spec -> the child manifests (ConfigMap, Deployment, Service).
+"""Pure rendering: a validated spec -> a revision's definition -> the child manifests.
 
-No I/O here. Children carry owner references (garbage collection on delete) and the revision label;
-the pod template runs stock `vllm serve` with the localattn plugin configured through a mounted ConfigMap.
+No I/O here. A spec renders to a `RevisionDefinition`: the pod template *without* the LAD's identity (no name,
+revision or track labels, no ConfigMap name) plus the runtime ConfigMap's data. Its hash is the revision id
+(what runs, not what the spec says: a renderer change is a new revision, a new defaulted API field that renders
+the same is not). The definition is what the cluster keeps as the revision record (revision.py), and every
+arm is rendered from a definition: the stable arm from its record, never from the spec, which mid-rollout or
+when invalid describes something else.
+
+Children carry owner references (garbage collection on delete) and the revision label; each arm is its own
+Deployment (`NAME-stable`, `NAME-canary`) with the track in its selector; each revision has its own immutable
+runtime ConfigMap (`NAME-runtime-REV`), so a canary's settings never reach a stable pod that restarts.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+import localattn_contract as contract
 from localattn_operator import models
 from localattn_operator.models import LocalAttnDeploymentSpec
-from localattn_operator.revision import revision_of
+from localattn_operator.quantity import quantity_to_bytes
 from localattn_operator.validation import parse_model_uri
+from localattn_operator.weights import deployment_strategy
 
 MANAGED_BY = "localattn-operator"
 LABEL_NAME = "localattn.dev/deployment"
 LABEL_REVISION = "localattn.dev/revision"
-CONFIG_FILE = "localattn.json"
+LABEL_TRACK = "localattn.dev/track"
+Track = Literal["stable", "canary"]
+TRACKS: tuple[Track, ...] = ("stable", "canary")
+CONFIG_FILE = contract.CONFIG_FILE
 CONFIG_DIR = "/etc/localattn"
+# ConfigMaps the LAD names (calibration plan, golden set) are mounted apart from the runtime config's directory.
+PLAN_DIR = "/etc/localattn-plan"
+GOLDEN_DIR = "/etc/localattn-golden"
 MODELS_DIR = "/models"
+RUNTIME_VOLUME = "runtime-config"
 SCRAPE_PORT_NAME = "http"
-UID = 1000
+UID = 65532  # a high non-root UID; the runtime images (Dockerfile.runtime-*) run as the same user
+# How long the deployment controller waits for a rollout to progress before it reports
+# ProgressDeadlineExceeded (which the status then reports as Degraded). Model loading is slow: 10 minutes.
+PROGRESS_DEADLINE_SECONDS = 600
+# The downward API env of the serving container (validation.RESERVED_ENV lists every name the operator sets, so
+# a spec cannot set one twice). POD_IP feeds `--host $(POD_IP)`: vLLM listens on the pod's own address only,
+# where the probes and the Service reach it (kubelet expands $(VAR) in args from the container's env).
+DOWNWARD_API_ENV = {"POD_IP": "status.podIP", "POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
 
 
 @dataclass(frozen=True)
@@ -70,12 +96,40 @@ def _metadata(owner: Owner, name: str, revision: str) -> dict[str, Any]:
     }
 
 
-def config_map_name(owner_name: str) -> str:
+def config_map_name(owner_name: str, revision: str) -> str:
+    """One immutable runtime ConfigMap per revision (a shared mutable one would leak a canary's settings)."""
+    return f"{owner_name}-runtime-{revision}"
+
+
+def legacy_config_map_name(owner_name: str) -> str:
+    """The one mutable ConfigMap of operators before per-revision ones (pruned once nothing mounts it)."""
     return f"{owner_name}-runtime"
 
 
+def arm_name(owner_name: str, track: Track) -> str:
+    """Readable in `kubectl get deploy`: NAME-stable, NAME-canary."""
+    return f"{owner_name}-{track}"
+
+
+@dataclass(frozen=True)
+class RevisionDefinition:
+    """What runs for one revision: the identity-free pod template and the runtime ConfigMap's data."""
+
+    revision: str
+    pod_template: dict[str, Any]
+    runtime_data: dict[str, str]
+
+
+def revision_hash(pod_template: dict[str, Any], runtime_data: dict[str, str]) -> str:
+    """A stable hash of canonical JSON (sorted keys) of both; 10 hex digits, as before."""
+    canonical = json.dumps({"podTemplate": pod_template, "runtimeConfig": runtime_data},
+                           sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
 def runtime_config(spec: LocalAttnDeploymentSpec) -> dict[str, Any]:
-    """The plugin's configuration file (the runtime's contract: camelCase, as in spec.localAttention)."""
+    """The plugin's configuration file, in the contract's schema (`localattn_contract`, the one definition the
+    plugin parses too; tests/runtime/test_contract.py feeds every variant rendered here to the plugin's parser)."""
     local = spec.local_attention
     rule = local.global_layers
     global_layers: dict[str, Any] = (
@@ -83,22 +137,49 @@ def runtime_config(spec: LocalAttnDeploymentSpec) -> dict[str, Any]:
         else {"every": rule.every, "offset": rule.offset} if rule.every is not None
         else {"indices": []}
     )
-    return {
+    probe = spec.probe
+    rendered_probe: dict[str, Any] = {
+        "enabled": probe.enabled, "intervalSeconds": probe.interval_seconds, "maxTokens": probe.max_tokens}
+    if probe.golden_set is not None:
+        rendered_probe["goldenSetFile"] = f"{GOLDEN_DIR}/{probe.golden_set.key}"
+    out: dict[str, Any] = {
         "enabled": local.enabled,
         "windowSize": local.window_size,
         "sinkTokens": local.sink_tokens,
         "globalLayers": global_layers,
         "minContextLength": local.min_context_length,
+        "probe": rendered_probe,
     }
+    if local.calibration_plan is not None:
+        out["planFile"] = f"{PLAN_DIR}/{local.calibration_plan.key}"
+    return out
 
 
-def render_config_map(owner: Owner, spec: LocalAttnDeploymentSpec) -> dict[str, Any]:
-    revision = revision_of(spec)
+def _named_config_maps(spec: LocalAttnDeploymentSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and mounts for the ConfigMaps runtime_config's files live in (calibration plan, golden set)."""
+    refs: list[tuple[str, str, str, str]] = []  # (volume name, ConfigMap, key, mount path)
+    if (plan := spec.local_attention.calibration_plan) is not None:
+        refs.append(("calibration-plan", plan.config_map_name, plan.key, PLAN_DIR))
+    if (golden := spec.probe.golden_set) is not None:
+        refs.append(("golden-set", golden.name, golden.key, GOLDEN_DIR))
+    volumes = [{"name": name, "configMap": {"name": cm, "items": [{"key": key, "path": key}]}}
+               for name, cm, key, _ in refs]
+    mounts = [{"name": name, "mountPath": path, "readOnly": True} for name, _, _, path in refs]
+    return volumes, mounts
+
+
+def runtime_data(spec: LocalAttnDeploymentSpec) -> dict[str, str]:
+    return {CONFIG_FILE: json.dumps(runtime_config(spec), indent=2, sort_keys=True)}
+
+
+def render_config_map(owner: Owner, definition: RevisionDefinition) -> dict[str, Any]:
+    """The revision's runtime ConfigMap; immutable (served by 1.20: beta and on by default since 1.19)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(owner, config_map_name(owner.name), revision),
-        "data": {CONFIG_FILE: json.dumps(runtime_config(spec), indent=2, sort_keys=True)},
+        "metadata": _metadata(owner, config_map_name(owner.name, definition.revision), definition.revision),
+        "data": dict(definition.runtime_data),
+        "immutable": True,
     }
 
 
@@ -145,7 +226,7 @@ def vllm_args(spec: LocalAttnDeploymentSpec, model: str, source_args: list[str])
     runtime, memory = spec.runtime, spec.memory
     args = [
         model,
-        "--host", "0.0.0.0",
+        "--host", "$(POD_IP)",
         "--port", str(runtime.port),
         "--served-model-name", spec.model.served_model_name or model,
         "--tensor-parallel-size", str(runtime.tensor_parallel_size),
@@ -155,6 +236,8 @@ def vllm_args(spec: LocalAttnDeploymentSpec, model: str, source_args: list[str])
     ]
     if runtime.max_model_len is not None:
         args += ["--max-model-len", str(runtime.max_model_len)]
+    if memory.kv_cache_memory is not None:
+        args += ["--kv-cache-memory-bytes", str(quantity_to_bytes(memory.kv_cache_memory))]
     if memory.cpu_offload_gb:
         args += ["--cpu-offload-gb", str(memory.cpu_offload_gb)]
     if memory.swap_space_gb:
@@ -170,13 +253,17 @@ def _probe(path: str, port: str, period: int, failures: int) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 5}
 
 
-def render_pod_template(owner: Owner, spec: LocalAttnDeploymentSpec, revision: str) -> dict[str, Any]:
+def _neutral_pod_template(spec: LocalAttnDeploymentSpec) -> dict[str, Any]:
+    """The pod template without the LAD's identity: no labels, and the runtime ConfigMap volume unnamed
+    (`render_pod_template` fills in both for one owner, revision and track)."""
     runtime = spec.runtime
     model, source_args, volumes, mounts, env = _model_args_and_volumes(spec)
     env = [
         {"name": "LOCALATTN_CONFIG", "value": f"{CONFIG_DIR}/{CONFIG_FILE}"},
         {"name": "HOME", "value": "/tmp"},
         {"name": "HF_HOME", "value": "/tmp/hf"},
+        *({"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
+          for name, path in DOWNWARD_API_ENV.items()),
         *env,
         *(
             {"name": e.name, "value": e.value} if e.secret_key_ref is None
@@ -184,16 +271,19 @@ def render_pod_template(owner: Owner, spec: LocalAttnDeploymentSpec, revision: s
             for e in runtime.env
         ),
     ]
+    cm_volumes, cm_mounts = _named_config_maps(spec)
     volumes = [
-        {"name": "runtime-config", "configMap": {"name": config_map_name(owner.name)}},
+        {"name": RUNTIME_VOLUME, "configMap": {"name": ""}},
         {"name": "tmp", "emptyDir": {}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        *cm_volumes,
         *volumes,
     ]
     mounts = [
-        {"name": "runtime-config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": RUNTIME_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "dshm", "mountPath": "/dev/shm"},
+        *cm_mounts,
         *mounts,
     ]
     resources = {
@@ -242,7 +332,6 @@ def render_pod_template(owner: Owner, spec: LocalAttnDeploymentSpec, revision: s
         pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in runtime.tolerations]
     return {
         "metadata": {
-            "labels": {**common_labels(owner.name), LABEL_REVISION: revision},
             "annotations": {
                 "prometheus.io/scrape": "true",
                 "prometheus.io/port": str(runtime.port),
@@ -253,35 +342,97 @@ def render_pod_template(owner: Owner, spec: LocalAttnDeploymentSpec, revision: s
     }
 
 
-def render_deployment(owner: Owner, spec: LocalAttnDeploymentSpec) -> dict[str, Any]:
-    revision = revision_of(spec)
+def definition_of(spec: LocalAttnDeploymentSpec) -> RevisionDefinition:
+    """The spec's revision: what its pods would run, and its id."""
+    template, data = _neutral_pod_template(spec), runtime_data(spec)
+    return RevisionDefinition(revision_hash(template, data), template, data)
+
+
+def render_pod_template(owner: Owner, spec: LocalAttnDeploymentSpec, revision: str) -> dict[str, Any]:
+    """The spec's pod template labelled as `revision` on the stable track (for tools that render one pod)."""
+    definition = definition_of(spec)
+    return arm_pod_template(owner, RevisionDefinition(revision, definition.pod_template, definition.runtime_data),
+                            "stable")
+
+
+def arm_pod_template(owner: Owner, definition: RevisionDefinition, track: Track) -> dict[str, Any]:
+    """The definition's pod template for one owner and arm: identity labels, its own runtime ConfigMap."""
+    template = copy.deepcopy(definition.pod_template)
+    template.setdefault("metadata", {})["labels"] = pod_labels(owner.name, definition.revision, track)
+    for volume in template["spec"].get("volumes", []):
+        if volume.get("name") == RUNTIME_VOLUME:
+            volume["configMap"]["name"] = config_map_name(owner.name, definition.revision)
+    return template
+
+
+def arm_selector(owner_name: str, track: Track) -> dict[str, str]:
+    """An arm's Deployment selects its own track only (the LAD-wide selector would also match the other arm)."""
+    return {**selector_labels(owner_name), LABEL_TRACK: track}
+
+
+def pod_labels(owner_name: str, revision: str, track: Track) -> dict[str, str]:
+    return {**common_labels(owner_name), LABEL_REVISION: revision, LABEL_TRACK: track}
+
+
+def render_arm(owner: Owner, definition: RevisionDefinition, track: Track, replicas: int, surge: int = 1) -> dict[str, Any]:
+    """One arm's Deployment (`replicas` 0 is kept, not deleted: the arm exists while the rollout needs it)."""
+    metadata = _metadata(owner, arm_name(owner.name, track), definition.revision)
+    metadata["labels"][LABEL_TRACK] = track
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(owner, owner.name, revision),
+        "metadata": metadata,
         "spec": {
-            "replicas": spec.replicas,
-            "selector": {"matchLabels": selector_labels(owner.name)},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "replicas": replicas,
+            "selector": {"matchLabels": arm_selector(owner.name, track)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": deployment_strategy(surge)},
+            "progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS,
             "revisionHistoryLimit": 3,
-            "template": render_pod_template(owner, spec, revision),
+            "template": arm_pod_template(owner, definition, track),
         },
     }
 
 
-def render_service(owner: Owner, spec: LocalAttnDeploymentSpec) -> dict[str, Any]:
+def _service(owner: Owner, port: int, revision: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(owner, owner.name, revision_of(spec)),
+        "metadata": _metadata(owner, owner.name, revision),
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(owner.name),
-            "ports": [{"name": SCRAPE_PORT_NAME, "port": spec.runtime.port, "targetPort": SCRAPE_PORT_NAME, "protocol": "TCP"}],
+            "ports": [{"name": SCRAPE_PORT_NAME, "port": port, "targetPort": SCRAPE_PORT_NAME, "protocol": "TCP"}],
         },
     }
 
 
+def service_for(owner: Owner, stable: RevisionDefinition) -> dict[str, Any]:
+    """The one Service of the LAD, from the stable revision's record (its port), labelled with that revision.
+    It selects both tracks: with the `replicas` router the traffic share is the share of ready pods."""
+    port = int(stable.pod_template["spec"]["containers"][0]["ports"][0]["containerPort"])
+    return _service(owner, port, stable.revision)
+
+
+def arm_service(owner: Owner, stable: RevisionDefinition, track: Track) -> dict[str, Any]:
+    """One arm's own Service (`NAME-stable`, `NAME-canary`): the backendRefs of the gatewayAPI router's HTTPRoute."""
+    service = service_for(owner, stable)
+    service["metadata"]["name"] = arm_name(owner.name, track)
+    service["metadata"]["labels"][LABEL_TRACK] = track
+    service["spec"]["selector"] = arm_selector(owner.name, track)
+    return service
+
+
+def render_service(owner: Owner, spec: LocalAttnDeploymentSpec, revision: str | None = None) -> dict[str, Any]:
+    return _service(owner, spec.runtime.port, revision or definition_of(spec).revision)
+
+
+def render_deployment(owner: Owner, spec: LocalAttnDeploymentSpec) -> dict[str, Any]:
+    """The spec's revision as the stable arm, at spec.replicas (tools and tests that render one LAD)."""
+    return render_arm(owner, definition_of(spec), "stable", spec.replicas)
+
+
 def render_children(owner: Owner, spec: LocalAttnDeploymentSpec) -> list[dict[str, Any]]:
-    """All children, in apply order (the ConfigMap first: the pods mount it)."""
-    return [render_config_map(owner, spec), render_deployment(owner, spec), render_service(owner, spec)]
+    """The spec's revision as the only arm, in apply order (the ConfigMap first: the pods mount it)."""
+    definition = definition_of(spec)
+    return [render_config_map(owner, definition), render_arm(owner, definition, "stable", spec.replicas),
+            render_service(owner, spec, definition.revision)]

@@ -13,11 +13,19 @@ from typing import Any
 from pydantic import ValidationError
 
 from localattn_operator.models import LocalAttnDeploymentSpec, parse_spec
+from localattn_operator.quantity import parse_quantity
+from localattn_operator.rollout_validation import rollout_problems
 
 _PVC_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _GPU = "nvidia.com/gpu"
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")  # what the apiserver accepts for an env var name
+# Env the operator sets on every serving container itself (render.py); a duplicate is rejected by the
+# apiserver only when the Deployment is applied, so it is caught here, naming the field.
+RESERVED_ENV = ("LOCALATTN_CONFIG", "HOME", "HF_HOME", "POD_IP", "POD_NAME", "POD_NAMESPACE")
+# ... and what it sets for a model source with credentials.
+SOURCE_ENV = {"hf": "HF_TOKEN", "s3": "AWS_SHARED_CREDENTIALS_FILE"}
 
 
 @dataclass(frozen=True)
@@ -137,6 +145,51 @@ def cross_field_problems(spec: LocalAttnDeploymentSpec) -> list[str]:
             problems.append(f"spec.runtime.env[{e.name}]: set exactly one of value or secretKeyRef")
     if len(set(names)) != len(names):
         problems.append("spec.runtime.env: duplicate variable names")
+    problems += _resource_and_env_problems(spec, location)
+    problems += autoscaling_problems(spec)
+    problems += rollout_problems(spec)
+    return problems
+
+
+def _resource_and_env_problems(spec: LocalAttnDeploymentSpec, location: ModelLocation | None) -> list[str]:
+    """What the apiserver would reject only when the rendered Deployment is applied (quantities, env names)."""
+    problems: list[str] = []
+    parsed: dict[str, dict[str, Any]] = {}
+    for kind, values in (("requests", spec.runtime.resources.requests), ("limits", spec.runtime.resources.limits)):
+        for resource, value in values.items():
+            try:
+                quantity = parse_quantity(value)
+            except ValueError as exc:
+                problems.append(f"spec.runtime.resources.{kind}[{resource}]: {exc}")
+                continue
+            if quantity < 0:
+                problems.append(f"spec.runtime.resources.{kind}[{resource}]: must not be negative, got {value!r}")
+            parsed.setdefault(kind, {})[resource] = quantity
+    for resource, request in parsed.get("requests", {}).items():
+        limit = parsed.get("limits", {}).get(resource)
+        if limit is not None and request > limit:
+            problems.append(
+                f"spec.runtime.resources.requests[{resource}] ({spec.runtime.resources.requests[resource]}) "
+                f"must not exceed limits[{resource}] ({spec.runtime.resources.limits[resource]})"
+            )
+    kv = spec.memory.kv_cache_memory
+    if kv is not None:
+        try:
+            if parse_quantity(kv) < 1:
+                problems.append(f"spec.memory.kvCacheMemory: must be at least 1 byte, got {kv!r}")
+        except ValueError as exc:
+            problems.append(f"spec.memory.kvCacheMemory: {exc}")
+    reserved = set(RESERVED_ENV)
+    if location is not None and spec.model.secret_ref is not None and location.scheme in SOURCE_ENV:
+        reserved.add(SOURCE_ENV[location.scheme])
+    for i, e in enumerate(spec.runtime.env):
+        if not _ENV_NAME.match(e.name):
+            problems.append(f"spec.runtime.env[{i}].name: {e.name!r} is not a valid environment variable name")
+        elif e.name in reserved:
+            problems.append(
+                f"spec.runtime.env[{i}].name: {e.name} is set by the operator itself "
+                f"(reserved: {', '.join(sorted(reserved))})"
+            )
     return problems
 
 
@@ -150,3 +203,23 @@ def validate_spec(raw: dict[str, Any]) -> LocalAttnDeploymentSpec:
     if problems:
         raise SpecError(problems)
     return spec
+
+
+def autoscaling_problems(spec: LocalAttnDeploymentSpec) -> list[str]:
+    """`spec.autoscaling` rules the schema cannot state. `spec.replicas` outside [min, max] is not an error: with
+    autoscaling set the operator owns it and clamps it on its first decision (as the HPA does)."""
+    scaling = spec.autoscaling
+    if scaling is None:
+        return []
+    problems: list[str] = []
+    if scaling.min_replicas > scaling.max_replicas:
+        problems.append(
+            f"spec.autoscaling.minReplicas ({scaling.min_replicas}) must not exceed "
+            f"spec.autoscaling.maxReplicas ({scaling.max_replicas})"
+        )
+    if not any(value is not None for value in scaling.targets.model_dump().values()):
+        problems.append(
+            "spec.autoscaling.targets: set at least one of waitingRequestsPerReplica, kvCacheUsage, "
+            "p95LatencySeconds, p95TTFTSeconds"
+        )
+    return problems

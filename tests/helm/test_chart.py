@@ -61,6 +61,8 @@ def test_default_install_objects(render: Any) -> None:
     assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == [
         ("ClusterRole", "la-localattn"),
         ("ClusterRole", "la-localattn-discovery"),
+        ("ClusterRole", "la-localattn-edit"),
+        ("ClusterRole", "la-localattn-view"),
         ("ClusterRoleBinding", "la-localattn"),
         ("ClusterRoleBinding", "la-localattn-discovery"),
         ("Deployment", "la-localattn"),
@@ -189,4 +191,4 @@ def test_rbac_can_be_left_to_the_cluster_admin(render: Any) -> None:
 def test_fullname_override_names_everything(render: Any) -> None:
     docs = render({"fullnameOverride": "lattn"})
     names = {d["metadata"]["name"] for d in docs}
-    assert names == {"lattn", "lattn-discovery", "lattn-metrics"}
+    assert names == {"lattn", "lattn-discovery", "lattn-metrics", "lattn-edit", "lattn-view"}

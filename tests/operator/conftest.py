@@ -30,7 +30,9 @@ class OperatorProcess:
             return
         self.starts += 1
         log = open(self.log_dir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115 (closed with the process)
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "LOCALATTN_RESYNC_SECONDS": "20"}
+        # A short pending grace: the Pending test needs the Warning soon; the clean run must still see none.
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "LOCALATTN_RESYNC_SECONDS": "20",
+               "LOCALATTN_PENDING_GRACE_SECONDS": "3"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "localattn_cli.main", "operator", "run", "--metrics-port", "0"],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

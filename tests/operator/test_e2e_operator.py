@@ -17,6 +17,10 @@ EXAMPLE = yaml.safe_load((ROOT / "examples" / "deployment.yaml").read_text())
 
 def lad_manifest(name: str, **spec_overrides: Any) -> dict[str, Any]:
     doc = json.loads(json.dumps(EXAMPLE))
+    # The example's rollout steps, analysis, probe and price are the demo's (real pods, Prometheus, a golden-set
+    # ConfigMap); these tests run on simulated pods with no metrics, so their LADs roll out with the defaults.
+    for demo_only in ("rollout", "analysis", "probe", "cost"):
+        doc["spec"].pop(demo_only, None)
     doc["metadata"] = {"name": name}
     for key, value in spec_overrides.items():
         if isinstance(value, dict) and isinstance(doc["spec"].get(key), dict):
@@ -35,8 +39,9 @@ def test_example_creates_children_and_becomes_ready(k8s, operator, namespace) ->
     assert {c["type"]: c["status"] for c in status["conditions"]} == {
         "Ready": "True", "Progressing": "False", "Degraded": "False", "InvalidSpec": "False",
     }
-    dep = k8s.get(namespace, "deployment", "tiny-llama")
+    dep = k8s.get(namespace, "deployment", "tiny-llama-stable")
     assert dep["metadata"]["ownerReferences"][0]["uid"] == lad["metadata"]["uid"]
+    assert dep["spec"]["selector"]["matchLabels"] == {"localattn.dev/deployment": "tiny-llama", "localattn.dev/track": "stable"}
     assert dep["metadata"]["labels"]["localattn.dev/revision"] == status["currentRevision"]
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["vllm", "serve"] and container["args"][0] == "/models/tiny-llama"
@@ -44,8 +49,11 @@ def test_example_creates_children_and_becomes_ready(k8s, operator, namespace) ->
     assert container["securityContext"]["runAsNonRoot"] is True
     svc = k8s.get(namespace, "service", "tiny-llama")
     assert svc["spec"]["selector"] == {"localattn.dev/deployment": "tiny-llama"}
-    config = json.loads(k8s.get(namespace, "configmap", "tiny-llama-runtime")["data"]["localattn.json"])
-    assert config["windowSize"] == 512 and config["sinkTokens"] == 4 and config["globalLayers"] == {"indices": [0]}
+    runtime = k8s.get(namespace, "configmap", f"tiny-llama-runtime-{status['currentRevision']}")
+    assert runtime["immutable"] is True
+    config = json.loads(runtime["data"]["localattn.json"])
+    assert config["enabled"] is False  # the example is the full-attention baseline, its local setting switched off
+    assert config["windowSize"] == 64 and config["sinkTokens"] == 4 and config["globalLayers"] == {"indices": [0]}
     pods = k8s.pods(namespace, "localattn.dev/deployment=tiny-llama")
     assert len(pods) == 2
     assert all(p["status"]["phase"] == "Running" and p["spec"]["nodeName"].startswith("localattn-gpu") for p in pods)
@@ -61,7 +69,7 @@ def test_scale_subresource_changes_replicas_not_revision(k8s, operator, namespac
     k8s.kubectl("scale", "lad", "scaled", "-n", namespace, "--replicas", "3")
     after = k8s.wait_lad(namespace, "scaled", lambda s: s.get("ready") == "3/3" and s.get("phase") == "Ready")
     assert after["status"]["currentRevision"] == before["currentRevision"]
-    assert k8s.get(namespace, "deployment", "scaled")["spec"]["replicas"] == 3
+    assert k8s.get(namespace, "deployment", "scaled-stable")["spec"]["replicas"] == 3
     assert after["status"]["selector"] == "localattn.dev/deployment=scaled"
     assert "Scaled" in k8s.event_reasons(namespace, "scaled")
 
@@ -76,9 +84,11 @@ def test_spec_change_rolls_the_deployment(k8s, operator, namespace) -> None:
         lambda s: s.get("currentRevision") != first["status"]["currentRevision"] and s.get("phase") == "Ready",
     )
     assert second["status"]["observedGeneration"] == first["status"]["observedGeneration"] + 1
-    dep = k8s.get(namespace, "deployment", "roll")
+    dep = k8s.get(namespace, "deployment", "roll-stable")
     assert dep["spec"]["template"]["metadata"]["labels"]["localattn.dev/revision"] == second["status"]["currentRevision"]
-    assert json.loads(k8s.get(namespace, "configmap", "roll-runtime")["data"]["localattn.json"])["windowSize"] == 1024
+    runtime = k8s.get(namespace, "configmap", f"roll-runtime-{second['status']['currentRevision']}")
+    assert json.loads(runtime["data"]["localattn.json"])["windowSize"] == 1024
+    k8s.wait_for(lambda: k8s.get(namespace, "deployment", "roll-canary", missing_ok=True) is None, "the canary arm to go")
     assert "RollingUpdate" in k8s.event_reasons(namespace, "roll")
 
 
@@ -95,7 +105,7 @@ def test_schema_rejects_what_it_can_express(k8s, operator, namespace) -> None:
 def test_invalid_spec_is_reported_and_the_running_version_keeps_serving(k8s, operator, namespace) -> None:
     k8s.apply(namespace, lad_manifest("keep", replicas=1))
     ready = k8s.wait_lad(namespace, "keep", lambda s: s.get("phase") == "Ready")
-    dep_before = k8s.get(namespace, "deployment", "keep")
+    dep_before = k8s.get(namespace, "deployment", "keep-stable")
     k8s.kubectl("patch", "lad", "keep", "-n", namespace, "--type", "merge",
                 "-p", json.dumps({"spec": {"localAttention": {"windowSize": 20000, "globalLayers": {"indices": [-1]}}}}))
     invalid = k8s.wait_lad(namespace, "keep", lambda s: s.get("phase") == "InvalidSpec")
@@ -105,26 +115,26 @@ def test_invalid_spec_is_reported_and_the_running_version_keeps_serving(k8s, ope
     assert "indices[0]: layer index -1 is negative" in cond["message"]
     assert invalid["status"]["currentRevision"] == ready["status"]["currentRevision"]
     assert invalid["status"]["readyReplicas"] == 1
-    dep_after = k8s.get(namespace, "deployment", "keep")
+    dep_after = k8s.get(namespace, "deployment", "keep-stable")
     assert dep_after["metadata"]["resourceVersion"] == dep_before["metadata"]["resourceVersion"]
     warnings = k8s.events(namespace, "keep", type_="Warning")
     assert any(e["reason"] == "InvalidSpec" and "windowSize" in e["message"] for e in warnings)
     # fixing the spec recovers
     k8s.kubectl("patch", "lad", "keep", "-n", namespace, "--type", "merge",
-                "-p", json.dumps({"spec": {"localAttention": {"windowSize": 512, "globalLayers": {"indices": [0]}}}}))
+                "-p", json.dumps({"spec": {"localAttention": {"windowSize": 64, "globalLayers": {"indices": [0]}}}}))
     k8s.wait_lad(namespace, "keep", lambda s: s.get("phase") == "Ready")
 
 
 def test_children_deleted_or_edited_by_hand_are_restored(k8s, operator, namespace) -> None:
     k8s.apply(namespace, lad_manifest("drift", replicas=1))
     k8s.wait_lad(namespace, "drift", lambda s: s.get("phase") == "Ready")
-    uid = k8s.get(namespace, "deployment", "drift")["metadata"]["uid"]
-    k8s.kubectl("delete", "deployment", "drift", "-n", namespace, "--wait=true")
-    k8s.wait_for(lambda: (d := k8s.get(namespace, "deployment", "drift", missing_ok=True)) and d["metadata"]["uid"] != uid,
-                 "the deleted Deployment to be recreated")
-    k8s.kubectl("set", "image", "deployment/drift", "-n", namespace, "vllm=evil/image:1")
+    uid = k8s.get(namespace, "deployment", "drift-stable")["metadata"]["uid"]
+    k8s.kubectl("delete", "deployment", "drift-stable", "-n", namespace, "--wait=true")
+    k8s.wait_for(lambda: (d := k8s.get(namespace, "deployment", "drift-stable", missing_ok=True))
+                 and d["metadata"]["uid"] != uid, "the deleted Deployment to be recreated")
+    k8s.kubectl("set", "image", "deployment/drift-stable", "-n", namespace, "vllm=evil/image:1")
     k8s.wait_for(
-        lambda: k8s.get(namespace, "deployment", "drift")["spec"]["template"]["spec"]["containers"][0]["image"]
+        lambda: k8s.get(namespace, "deployment", "drift-stable")["spec"]["template"]["spec"]["containers"][0]["image"]
         == EXAMPLE["spec"]["runtime"]["image"],
         "the hand-edited image to be restored",
     )
@@ -136,9 +146,10 @@ def test_children_deleted_or_edited_by_hand_are_restored(k8s, operator, namespac
 
 def test_deleting_the_lad_garbage_collects_children(k8s, operator, namespace) -> None:
     k8s.apply(namespace, lad_manifest("gone", replicas=1))
-    k8s.wait_lad(namespace, "gone", lambda s: s.get("phase") == "Ready")
+    revision = k8s.wait_lad(namespace, "gone", lambda s: s.get("phase") == "Ready")["status"]["currentRevision"]
     k8s.kubectl("delete", "lad", "gone", "-n", namespace)
-    for kind, name in (("deployment", "gone"), ("service", "gone"), ("configmap", "gone-runtime")):
+    for kind, name in (("deployment", "gone-stable"), ("service", "gone"), ("configmap", f"gone-runtime-{revision}"),
+                       ("controllerrevision", f"gone-{revision}")):
         k8s.wait_for(lambda kind=kind, name=name: k8s.get(namespace, kind, name, missing_ok=True) is None,
                      f"{kind}/{name} to be garbage-collected", timeout=60)
     k8s.wait_for(lambda: not k8s.pods(namespace, "localattn.dev/deployment=gone"), "pods to go", timeout=60)
@@ -149,8 +160,10 @@ def test_more_gpus_than_any_node_has_reports_pending(k8s, operator, namespace) -
                           runtime={"resources": {"limits": {"nvidia.com/gpu": 64}, "requests": {"nvidia.com/gpu": 64}},
                                    "tensorParallelSize": 8})
     k8s.apply(namespace, hungry)
-    # the scheduler's verdict reaches the status once it has tried: wait for it to be reported
-    lad = k8s.wait_lad(namespace, "hungry", lambda s: s.get("pendingReplicas", 0) >= 1 and "nvidia.com/gpu" in str(s))
+    # the scheduler's verdict reaches the status once it has tried, and is reported as a problem once the pod has
+    # been Pending past the grace period (LOCALATTN_PENDING_GRACE_SECONDS, 3 s here): wait for that
+    lad = k8s.wait_lad(namespace, "hungry", lambda s: s.get("pendingReplicas", 0) >= 1 and s.get("phase") == "Pending"
+                       and "nvidia.com/gpu" in str(s))
     status = lad["status"]
     assert status["phase"] == "Pending" and status["readyReplicas"] == 0
     degraded = {c["type"]: c for c in status["conditions"]}["Degraded"]
@@ -164,13 +177,14 @@ def test_operator_restarted_mid_reconcile_converges(k8s, operator, namespace) ->
     k8s.apply(namespace, lad_manifest("restart", replicas=2))
     operator.start()
     # kill it as soon as it has started writing children, then start a fresh one
-    k8s.wait_for(lambda: k8s.get(namespace, "configmap", "restart-runtime", missing_ok=True), "first child", timeout=60)
+    k8s.wait_for(lambda: k8s.kubectl("get", "controllerrevisions", "-n", namespace, "-o", "name").stdout.strip(),
+                 "first child", timeout=60)
     operator.kill()
     operator.start()
     lad = k8s.wait_lad(namespace, "restart", lambda s: s.get("phase") == "Ready" and s.get("ready") == "2/2")
     deployments = k8s.kubectl("get", "deployments", "-n", namespace, "-l", "localattn.dev/deployment=restart",
                               "-o", "name").stdout.split()
-    assert deployments == ["deployment.apps/restart"]
+    assert deployments == ["deployment.apps/restart-stable"]
     assert lad["status"]["observedGeneration"] == lad["metadata"]["generation"]
     assert k8s.event_reasons(namespace, "restart").count("Created") == 1
 
@@ -179,7 +193,63 @@ def test_empty_strings_and_secret_references_reach_the_pods(k8s, operator, names
     env = [{"name": "EMPTY", "value": ""}, {"name": "TOKEN", "secretKeyRef": {"name": "hf", "key": "token"}}]
     k8s.apply(namespace, lad_manifest("envs", replicas=1, runtime={"env": env}))
     k8s.wait_lad(namespace, "envs", lambda s: s.get("phase") == "Ready")
-    container = k8s.get(namespace, "deployment", "envs")["spec"]["template"]["spec"]["containers"][0]
+    container = k8s.get(namespace, "deployment", "envs-stable")["spec"]["template"]["spec"]["containers"][0]
     rendered = {e["name"]: e for e in container["env"]}
     assert rendered["EMPTY"].get("value", "") == ""
     assert rendered["TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+
+
+def test_a_clean_run_emits_no_warning_at_all(k8s, operator, namespace) -> None:
+    """Create, become Ready, scale, resync: the deployment controller writes statuses all along, and none of it
+    may read as drift (or anything else worth a Warning)."""
+    k8s.apply(namespace, lad_manifest("clean", replicas=1))
+    k8s.wait_lad(namespace, "clean", lambda s: s.get("phase") == "Ready")
+    k8s.kubectl("scale", "lad", "clean", "-n", namespace, "--replicas", "3")
+    k8s.wait_lad(namespace, "clean", lambda s: s.get("ready") == "3/3" and s.get("phase") == "Ready")
+    k8s.kubectl("scale", "lad", "clean", "-n", namespace, "--replicas", "2")
+    k8s.wait_lad(namespace, "clean", lambda s: s.get("ready") == "2/2" and s.get("phase") == "Ready")
+    k8s.wait_for(lambda: "Scaled" in k8s.event_reasons(namespace, "clean"), "the Scaled event")
+    assert k8s.events(namespace, "clean", type_="Warning") == []
+    reasons = k8s.event_reasons(namespace, "clean")
+    assert reasons.count("Created") == 1 and "Ready" in reasons
+
+
+def test_a_spec_the_apiserver_rejects_is_reported_and_not_retried_in_a_loop(k8s, operator, namespace) -> None:
+    k8s.apply(namespace, lad_manifest("rejected", replicas=1))
+    ready = k8s.wait_lad(namespace, "rejected", lambda s: s.get("phase") == "Ready")
+    dep_before = k8s.get(namespace, "deployment", "rejected-stable")
+    cm_name = f"rejected-runtime-{ready['status']['currentRevision']}"
+    cm_before = k8s.get(namespace, "configmap", cm_name)
+    # Valid to our schema and rules, refused by the apiserver (a label key is not a qualified name); the window
+    # change would also reach the ConfigMap, which must stay as it is (nothing is applied when anything is refused).
+    k8s.kubectl("patch", "lad", "rejected", "-n", namespace, "--type", "merge", "-p", json.dumps(
+        {"spec": {"runtime": {"nodeSelector": {"not a valid key!": "x"}}, "localAttention": {"windowSize": 256}}}))
+    lad = k8s.wait_lad(namespace, "rejected", lambda s: s.get("phase") == "InvalidSpec")
+    cond = {c["type"]: c for c in lad["status"]["conditions"]}["InvalidSpec"]
+    assert cond["reason"] == "ApplyRejected" and "Deployment/rejected" in cond["message"]
+    assert "nodeSelector" in cond["message"]  # the apiserver's own message
+    assert lad["status"]["currentRevision"] == ready["status"]["currentRevision"]
+    assert k8s.get(namespace, "deployment", "rejected-stable")["metadata"]["resourceVersion"] \
+        == dep_before["metadata"]["resourceVersion"]
+    assert k8s.get(namespace, "configmap", cm_name)["data"] == cm_before["data"]
+    names = k8s.kubectl("get", "configmaps,controllerrevisions", "-n", namespace, "-o", "name").stdout
+    assert names.count("rejected-runtime-") == 1 and names.count("controllerrevision") == 1  # nothing of the refused
+    warnings = [e for e in k8s.events(namespace, "rejected", type_="Warning") if e["reason"] == "ApplyRejected"]
+    assert len(warnings) == 1 and "nodeSelector" in warnings[0]["message"]
+    # The handler succeeded (the refusal is in status): kopf keeps no retry state for it.
+    annotations = k8s.get(namespace, "lad", "rejected")["metadata"].get("annotations", {})
+    assert not [k for k in annotations if k.startswith("localattn.dev/lad_changed")], annotations  # kopf's progress
+    k8s.kubectl("patch", "lad", "rejected", "-n", namespace, "--type", "json",
+                "-p", json.dumps([{"op": "remove", "path": "/spec/runtime/nodeSelector"}]))
+    k8s.wait_lad(namespace, "rejected", lambda s: s.get("phase") == "Ready"
+                 and s.get("currentRevision") != ready["status"]["currentRevision"])
+
+
+def test_env_the_operator_sets_itself_is_refused_naming_the_field(k8s, operator, namespace) -> None:
+    k8s.apply(namespace, lad_manifest("home", replicas=1, runtime={"env": [{"name": "HOME", "value": "/root"}],
+                                                                   "resources": {"limits": {"memory": "abc"}}}))
+    lad = k8s.wait_lad(namespace, "home", lambda s: s.get("phase") == "InvalidSpec")
+    message = {c["type"]: c for c in lad["status"]["conditions"]}["InvalidSpec"]["message"]
+    assert "spec.runtime.env[0].name: HOME is set by the operator" in message
+    assert "spec.runtime.resources.limits[memory]: not a Kubernetes quantity: 'abc'" in message
+    assert k8s.get(namespace, "deployment", "home-stable", missing_ok=True) is None

@@ -3,6 +3,8 @@
 import json
 from typing import Any
 
+import pytest
+
 from localattn_operator.render import Owner, render_children
 from localattn_operator.revision import revision_of
 from localattn_operator.validation import validate_spec
@@ -68,7 +70,7 @@ def test_pod_template() -> None:
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["model"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
-    assert volumes["runtime-config"]["configMap"]["name"] == "llama-runtime"
+    assert volumes["runtime-config"]["configMap"]["name"] == f"llama-runtime-{revision_of(validate_spec(RAW))}"
     env = {e["name"]: e for e in container["env"]}
     assert env["LOCALATTN_CONFIG"]["value"] == "/etc/localattn/localattn.json"
     assert env["TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "s", "key": "k"}}
@@ -81,7 +83,8 @@ def test_runtime_config_follows_the_contract() -> None:
     assert config == {
         "enabled": True, "windowSize": 512, "sinkTokens": 4,
         "globalLayers": {"every": 4, "offset": 1}, "minContextLength": 0,
-    }
+        "probe": {"enabled": False, "intervalSeconds": 60, "maxTokens": 16},
+    }  # every variant is fed to the plugin's parser in tests/runtime/test_contract.py
 
 
 def test_service_selects_all_revisions() -> None:
@@ -120,3 +123,59 @@ def test_attention_backend_flag_follows_local_attention() -> None:
     own = {**RAW, "runtime": {**RAW["runtime"], "extraArgs": ["--attention-backend=FLASH_ATTN"]}}
     rendered = args(own)
     assert "--attention-backend" not in rendered and rendered[-1] == "--attention-backend=FLASH_ATTN"
+
+
+def test_vllm_listens_on_the_pod_ip_from_the_downward_api() -> None:
+    """`--host $(POD_IP)`: kubelet expands it from the container's env, which the downward API fills."""
+    dep = children(RAW)["Deployment"]
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert args[args.index("--host") + 1] == "$(POD_IP)"
+    env = {e["name"]: e for e in container["env"]}
+    for name, path in (("POD_IP", "status.podIP"), ("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
+        assert env[name] == {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
+    # the variable is defined before any user variable (kubelet expands only variables defined earlier)
+    names = [e["name"] for e in container["env"]]
+    assert names.index("POD_IP") < names.index("A")
+    # the probes target the named port; kubelet sends them to the pod IP, where vLLM now listens
+    assert {container[p]["httpGet"]["port"] for p in ("startupProbe", "readinessProbe", "livenessProbe")} == {"http"}
+    assert dep["spec"]["progressDeadlineSeconds"] == 600
+
+
+@pytest.mark.parametrize(("quantity", "expected"), [("512Mi", 512 * 2**20), ("1.5Gi", 3 * 2**29), ("2G", 2 * 10**9),
+                                                    (1048576, 1048576)])
+def test_kv_cache_memory_becomes_bytes(quantity: int | str, expected: int) -> None:
+    raw = {**RAW, "memory": {**RAW["memory"], "kvCacheMemory": quantity}}
+    args = children(raw)["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--kv-cache-memory-bytes") + 1] == str(expected)
+
+
+def test_no_kv_cache_flag_without_kv_cache_memory() -> None:
+    assert "--kv-cache-memory-bytes" not in children(RAW)["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+@pytest.mark.parametrize("uri", ["hf://org/m", "s3://bucket/prefix", "pvc://models/m"])
+def test_every_env_the_operator_sets_is_reserved(uri: str) -> None:
+    """validation.RESERVED_ENV/SOURCE_ENV must list every name the renderer sets, or a user's duplicate would
+    only be refused by the apiserver when the Deployment is applied."""
+    from localattn_operator.validation import RESERVED_ENV, SOURCE_ENV
+
+    raw = {"model": {"uri": uri, "secretRef": {"name": "s", "key": "k"}}}
+    container = children(raw)["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"] for e in container["env"]} <= set(RESERVED_ENV) | set(SOURCE_ENV.values())
+
+
+def test_each_arm_selects_its_own_track_and_the_service_selects_both() -> None:
+    from localattn_operator.render import definition_of, render_arm, render_config_map
+
+    definition = definition_of(validate_spec(RAW))
+    stable, canary = (render_arm(OWNER, definition, track, 2) for track in ("stable", "canary"))
+    assert (stable["metadata"]["name"], canary["metadata"]["name"]) == ("llama-stable", "llama-canary")
+    for dep, track in ((stable, "stable"), (canary, "canary")):
+        assert dep["spec"]["selector"]["matchLabels"] == {"localattn.dev/deployment": "llama", "localattn.dev/track": track}
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert labels["localattn.dev/track"] == track and labels["localattn.dev/revision"] == definition.revision
+        assert set(dep["spec"]["selector"]["matchLabels"].items()) <= set(labels.items())
+    cm = render_config_map(OWNER, definition)
+    assert cm["metadata"]["name"] == f"llama-runtime-{definition.revision}" and cm["immutable"] is True
+    assert children(RAW)["Service"]["spec"]["selector"] == {"localattn.dev/deployment": "llama"}

@@ -90,3 +90,35 @@ def test_quantized_kv_cache_needs_local_attention_off() -> None:
     assert "spec.memory.kvCacheDtype (fp8_e5m2)" in msg and "unquantized" in msg
     validate_spec(spec(memory={"kvCacheDtype": "fp8"}, localAttention={"enabled": False}))
     validate_spec(spec(memory={"kvCacheDtype": "bfloat16"}))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"memory": {"kvCacheMemory": "abc"}}, "spec.memory.kvCacheMemory: not a Kubernetes quantity: 'abc'"),
+        ({"memory": {"kvCacheMemory": "0"}}, "spec.memory.kvCacheMemory: must be at least 1 byte"),
+        ({"runtime": {"resources": {"requests": {"memory": "lots"}}}}, "spec.runtime.resources.requests[memory]: not a"),
+        ({"runtime": {"resources": {"limits": {"nvidia.com/gpu": 1, "cpu": "-2"}}}},
+         "spec.runtime.resources.limits[cpu]: must not be negative"),
+        ({"runtime": {"resources": {"requests": {"memory": "2Gi"}, "limits": {"nvidia.com/gpu": 1, "memory": "1Gi"}}}},
+         "spec.runtime.resources.requests[memory] (2Gi) must not exceed limits[memory] (1Gi)"),
+        ({"runtime": {"env": [{"name": "HOME", "value": "/root"}]}}, "spec.runtime.env[0].name: HOME is set by the operator"),
+        ({"runtime": {"env": [{"name": "A", "value": "1"}, {"name": "POD_IP", "value": "x"}]}},
+         "spec.runtime.env[1].name: POD_IP is set by the operator"),
+        ({"runtime": {"env": [{"name": "1BAD", "value": "1"}]}}, "spec.runtime.env[0].name: '1BAD' is not a valid"),
+        ({"model": {"uri": "hf://org/m", "secretRef": {"name": "s", "key": "k"}},
+          "runtime": {"env": [{"name": "HF_TOKEN", "value": "x"}]}}, "HF_TOKEN is set by the operator"),
+    ],
+)
+def test_what_the_apiserver_would_reject_is_caught_naming_the_field(overrides: dict[str, Any], expected: str) -> None:
+    assert expected in problems(spec(**overrides))
+
+
+def test_source_env_is_free_without_a_secret_and_quantities_pass() -> None:
+    parsed = validate_spec(spec(
+        model={"uri": "hf://org/m"}, runtime={"env": [{"name": "HF_TOKEN", "value": "x"}],
+                                            "resources": {"requests": {"memory": "1Gi", "cpu": "500m"},
+                                                          "limits": {"nvidia.com/gpu": 1, "memory": "2Gi"}}},
+        memory={"kvCacheMemory": "512Mi"},
+    ))
+    assert parsed.memory.kv_cache_memory == "512Mi"

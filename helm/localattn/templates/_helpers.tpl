@@ -57,33 +57,48 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 RBAC rules for the namespaced resources the operator touches, shared by the ClusterRole (cluster-wide) and
-the per-namespace Roles (watchNamespaces). Exactly what operator/localattn_operator/{k8s,handlers}.py and kopf
-use, and nothing more: tests/helm/test_rbac.py pins this list, tests/helm/test_e2e_rbac.py checks it on a real
-apiserver.
+the per-namespace Roles (watchNamespaces). Exactly the verbs operator/localattn_operator/k8s.py and kopf use,
+and nothing more: tests/helm/test_rbac.py derives that list from the code (it drives the real reconciler and
+reads kopf's handler registry) and fails on a missing or an extra verb; tests/helm/test_e2e_rbac.py checks
+it on a real apiserver.
 */}}
 {{- define "localattn.namespacedRules" -}}
-# The custom resources: read and watch them, patch annotations (kopf's progress and diff-base storage).
+# The custom resources: read them, watch them (kopf), patch annotations (kopf's progress and diff-base storage).
 - apiGroups: ["localattn.dev"]
   resources: ["localattndeployments"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["localattn.dev"]
   resources: ["localattndeployments/status"]
-  verbs: ["get", "patch", "update"]
-# Children, written with server-side apply (PATCH) and removed when a revision is retired.
+  verbs: ["patch"]
+# Children, written with server-side apply: PATCH, which the apiserver also authorises as create when the
+# object does not exist yet. Watched (kopf) to reconcile when they change or vanish. Deleted: an arm the rollout
+# no longer runs, a migrated LAD's single Deployment, superseded per-revision runtime ConfigMaps.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
-  resources: ["services", "configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Serving pods: watched to reconcile on readiness changes, listed to explain Pending ones.
+  resources: ["services"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Revision records (one ControllerRevision per revision, as StatefulSets keep theirs): listed as the
+# inventory, created with server-side apply, pruned to the history limit.
+- apiGroups: ["apps"]
+  resources: ["controllerrevisions"]
+  verbs: ["list", "create", "patch", "delete"]
+# Serving pods: watched to reconcile on readiness changes, listed to explain Pending and failing ones.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
+# The gatewayAPI router: read the HTTPRoute a LAD names, patch only its two backendRefs' weights.
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["get", "patch"]
 # Events on LocalAttnDeployments (ours and kopf's).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
 
 {{/*

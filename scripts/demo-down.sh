@@ -1,10 +1,6 @@
 #!/usr/bin/env bash
-# Stops what `make demo` started: the operator, then the local control plane.
+# Stops what `make demo` started: its load clients and operator, then the dev cluster with every pod process
+# (and checks by PID that none is left). Logic in devcluster/localattn_dev/demo.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pidfile=.localattn/operator.pid
-if [ -f "$pidfile" ]; then
-  kill -- "-$(cat "$pidfile")" 2>/dev/null || kill "$(cat "$pidfile")" 2>/dev/null || true
-  rm -f "$pidfile"
-fi
-.venv/bin/localattn dev down
+exec .venv/bin/python -m localattn_dev.demo --down "$@"

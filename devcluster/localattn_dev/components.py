@@ -13,11 +13,15 @@ from pathlib import Path
 from localattn_dev.assets import Assets
 
 # Start order; `down` stops in reverse.
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent")
+COMPONENTS = (
+    "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent",
+    # The data plane: the service proxy, Prometheus, and the controller that feeds both from the cluster.
+    "haproxy", "prometheus", "dataplane",
+)  # fmt: skip
 # What must restart when a component's endpoint moves.
 DEPENDENTS = {
     "etcd": ("kube-apiserver",),
-    "kube-apiserver": ("kube-controller-manager", "kube-scheduler", "node-agent"),
+    "kube-apiserver": ("kube-controller-manager", "kube-scheduler", "node-agent", "dataplane"),
 }
 SERVICE_CIDR = "10.0.0.0/24"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -30,6 +34,7 @@ class Ports:
     apiserver: int
     controller_manager: int
     scheduler: int
+    prometheus: int = 0  # a default: state files written before the data plane existed still load
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -155,10 +160,20 @@ def scheduler_argv(assets: Assets, layout: Layout, ports: Ports) -> list[str]:
     ]  # fmt: skip
 
 
-def node_agent_argv(kubeconfig: Path, spec: NodeSpec) -> list[str]:
+def dataplane_argv(layout: Layout) -> list[str]:
+    """Services/EndpointSlices -> HAProxy and Pods -> Prometheus targets (`localattn_dev.dataplane`)."""
+    return [
+        sys.executable, "-m", "localattn_dev.dataplane",
+        "--kubeconfig", str(layout.kubeconfig),
+        "--state-dir", str(layout.state_dir),
+    ]  # fmt: skip
+
+
+def node_agent_argv(kubeconfig: Path, spec: NodeSpec, state_dir: Path) -> list[str]:
     return [
         sys.executable, "-m", "localattn_dev.nodeagent",
         "--kubeconfig", str(kubeconfig),
+        "--state-dir", str(state_dir),
         "--nodes", str(spec.nodes),
         "--gpus-per-node", str(spec.gpus_per_node),
         "--cpu", spec.cpu,

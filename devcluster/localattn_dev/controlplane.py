@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localattn_dev import health, procs
+from localattn_dev import health, modelstore, processruntime, procs
 from localattn_dev import kubeconfig as kc
 from localattn_dev.assets import find_assets
 from localattn_dev.components import (
@@ -31,6 +31,7 @@ from localattn_dev.components import (
     Ports,
     apiserver_argv,
     controller_manager_argv,
+    dataplane_argv,
     etcd_argv,
     node_agent_argv,
     scheduler_argv,
@@ -90,6 +91,7 @@ PORT_OWNER = {
     "apiserver": "kube-apiserver",
     "controller_manager": "kube-controller-manager",
     "scheduler": "kube-scheduler",
+    "prometheus": "prometheus",
 }
 
 
@@ -124,10 +126,16 @@ def up(
     use_existing: bool = True,
     agent_on_existing: bool = False,
     timeout: float = 120.0,
+    models: tuple[str, ...] = modelstore.MODELS,
 ) -> ClusterInfo:
-    """Make sure a cluster runs and return how to reach it (`started=False` when nothing had to start)."""
+    """Make sure a cluster runs and return how to reach it (`started=False` when nothing had to start).
+
+    `node_mode="process"` runs pods as local processes and first links `models` into the model store
+    (`modelstore`: the example PersistentVolume's hostPath)."""
     sd = resolve_state_dir(state_dir)
     spec = NodeSpec(nodes=nodes, gpus_per_node=gpus_per_node, mode=node_mode)
+    if node_mode == "process":
+        modelstore.prepare(sd, models)
     with _locked(sd):
         layout = Layout(sd)
         env_kubeconfig = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
@@ -151,7 +159,8 @@ def _use_external(layout: Layout, kubeconfig: Path, spec: NodeSpec | None, timeo
             kubeconfig=kubeconfig, server=server, state_dir=layout.state_dir, started=False, external=True
         )
     if spec is not None and "node-agent" not in running:
-        record = procs.start(layout.state_dir, "node-agent", node_agent_argv(kubeconfig, spec), _agent_env())
+        argv = node_agent_argv(kubeconfig, spec, layout.state_dir)
+        record = procs.start(layout.state_dir, "node-agent", argv, _agent_env())
         running["node-agent"] = record
         _wait(lambda: health.nodes_ready(kubeconfig, spec.names()), "node agent", record, timeout)
         started = True
@@ -239,7 +248,7 @@ def _up_local(layout: Layout, spec: NodeSpec, timeout: float) -> ClusterInfo:
         running["kube-scheduler"] = procs.start(sd, "kube-scheduler", scheduler_argv(assets, layout, ports))
         started = True
     if "node-agent" not in running:
-        argv = node_agent_argv(layout.component_kubeconfig("node-agent"), spec)
+        argv = node_agent_argv(layout.component_kubeconfig("node-agent"), spec, sd)
         running["node-agent"] = procs.start(sd, "node-agent", argv, _agent_env())
         started = True
     insecure = health.insecure_context()
@@ -250,7 +259,38 @@ def _up_local(layout: Layout, spec: NodeSpec, timeout: float) -> ClusterInfo:
         url = f"https://127.0.0.1:{port}/healthz"
         _wait(lambda url=url: health.http_ok(url, insecure), name, running[name], timeout)  # type: ignore[misc]
     _wait(lambda: health.nodes_ready(layout.kubeconfig, names), "node agent", running["node-agent"], timeout)
+    started = _start_data_plane(layout, ports, running, timeout) or started
     return _info(layout, ports, running, started=started, names=names)
+
+
+def _start_data_plane(layout: Layout, ports: Ports, running: dict[str, procs.ProcRecord], timeout: float) -> bool:
+    """HAProxy (the service proxy), Prometheus, and the controller feeding both; True if any started."""
+    from localattn_dev import haproxycfg, prometheus, serviceproxy
+
+    sd = layout.state_dir
+    missing = [b for b in (haproxycfg.HAPROXY, prometheus.PROMETHEUS) if not Path(b).exists()]
+    if missing:
+        raise ClusterError(f"{' and '.join(missing)} missing: `make setup` installs Debian's haproxy and prometheus")
+    proxy, prom = haproxycfg.ProxyFiles(sd), prometheus.PrometheusFiles(sd)
+    serviceproxy.initial_config(proxy)
+    if serviceproxy.write_atomic(prom.config, prometheus.config(prom)) and "prometheus" in running:
+        health.http_ok(f"{prometheus.url(ports.prometheus)}/-/reload", method="POST")  # a config of an older version
+    if not prom.pods_file.exists():
+        serviceproxy.write_atomic(prom.pods_file, "[]\n")
+    started = False
+    if "haproxy" not in running:
+        running["haproxy"] = procs.start(sd, "haproxy", haproxycfg.haproxy_argv(proxy))
+        started = True
+    if "prometheus" not in running:
+        running["prometheus"] = procs.start(sd, "prometheus", prometheus.prometheus_argv(prom, ports.prometheus))
+        started = True
+    if "dataplane" not in running:
+        running["dataplane"] = procs.start(sd, "dataplane", dataplane_argv(layout), _agent_env())
+        started = True
+    _wait(lambda: serviceproxy.worker_pid(proxy) is not None, "haproxy", running["haproxy"], timeout)
+    ready = f"{prometheus.url(ports.prometheus)}/-/ready"
+    _wait(lambda: health.http_ok(ready), "prometheus", running["prometheus"], timeout)
+    return started
 
 
 def _info(
@@ -289,9 +329,13 @@ def down(state_dir: Path | str | None = None, purge: bool = False) -> list[str]:
         for name in reversed(COMPONENTS):
             if procs.stop(sd, name):
                 stopped.append(name)
+        # Pod processes of process mode (the agent leaves them running for its successor): every group.
+        if pods := processruntime.stop_all(sd):
+            stopped.append(f"{len(pods)} pod process(es)")
         if purge:
             layout = Layout(sd)
-            for path in (layout.pki, layout.etcd_data, sd / "kubeconfigs", sd / "logs", procs.run_dir(sd)):
+            for path in (layout.pki, layout.etcd_data, sd / "kubeconfigs", sd / "logs", procs.run_dir(sd),
+                         sd / "proxy", sd / "prometheus", sd / "pods", sd / "hostpath"):  # fmt: skip
                 shutil.rmtree(path, ignore_errors=True)
             for path in (layout.kubeconfig, layout.state_file):
                 path.unlink(missing_ok=True)

@@ -12,9 +12,14 @@ from localattn_dev.components import Layout, Ports, server_url
 
 
 def http_ok(
-    url: str, context: ssl.SSLContext | None = None, token: str | None = None, timeout: float = 2.0
+    url: str,
+    context: ssl.SSLContext | None = None,
+    token: str | None = None,
+    timeout: float = 2.0,
+    method: str = "GET",
 ) -> bool:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return bool(response.status == 200)

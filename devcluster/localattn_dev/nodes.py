@@ -6,6 +6,7 @@ Kept free of I/O so the kubelet-like decisions are unit-tested without a cluster
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -138,8 +139,11 @@ def _is_ready(status: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
-def decide(pod: dict[str, Any], our_nodes: set[str]) -> Action:
-    """A kubelet's job for one pod: finish deletions (grace 0), report running pods Running and Ready."""
+def decide(pod: dict[str, Any], our_nodes: set[str], *, watch_running: bool = False) -> Action:
+    """A kubelet's job for one pod: finish deletions, report running pods Running and Ready.
+
+    `watch_running`: a pod already Running and Ready still needs the runtime (process mode adopts and
+    probes it); in simulate mode there is nothing more to do for it."""
     if (pod.get("spec") or {}).get("nodeName") not in our_nodes:
         return Action.IGNORE
     if pod["metadata"].get("deletionTimestamp"):
@@ -147,6 +151,8 @@ def decide(pod: dict[str, Any], our_nodes: set[str]) -> Action:
     status = pod.get("status") or {}
     if status.get("phase") in ("Succeeded", "Failed"):
         return Action.IGNORE
+    if watch_running:
+        return Action.MARK_RUNNING
     if status.get("phase") == "Running" and status.get("podIP") and _is_ready(status):
         return Action.IGNORE
     return Action.MARK_RUNNING
@@ -206,12 +212,41 @@ def running_status(pod: dict[str, Any], pod_ip: str, node_ip: str, now: datetime
     return {"status": patch}
 
 
-class IpPool:
-    """Unique pod IPs per node: node i hands out 127.1.i.2 .. 127.1.i.254, keeping an IP a pod already has."""
+def ready_summary(status: dict[str, Any]) -> str:
+    """`ready 1/2, restarts 3` for the agent's log."""
+    containers = status.get("containerStatuses") or []
+    ready = sum(bool(c.get("ready")) for c in containers)
+    restarts = sum(int(c.get("restartCount", 0)) for c in containers)
+    return f"ready {ready}/{len(containers)}, restarts {restarts}"
 
-    def __init__(self, nodes: list[str]) -> None:
+
+def admit(pod_name: str, need: int, used: int, capacity: int) -> str | None:
+    """kubelet's admission for GPUs (the scheduler already counts them; a second guard where pods run):
+    the rejection message when the node cannot hold the pod, else None."""
+    if need and used + need > capacity:
+        return (
+            f"Pod {pod_name}: node didn't have enough resource: {GPU}, "
+            f"requested: {need}, used: {used}, capacity: {capacity}"
+        )
+    return None
+
+
+class IpPool:
+    """Unique pod IPs per node: node i hands out 127.1.i.2 .. 127.1.i.254, keeping an IP a pod already has.
+
+    `claim(ip)` may refuse an address (process mode: another dev cluster on this machine holds it);
+    `unclaim(ip)` is told when a pod lets its address go."""
+
+    def __init__(
+        self,
+        nodes: list[str],
+        claim: Callable[[str], bool] | None = None,
+        unclaim: Callable[[str], None] | None = None,
+    ) -> None:
         self._index = {name: i for i, name in enumerate(nodes)}
         self._by_key: dict[str, str] = {}
+        self._claim = claim or (lambda ip: True)
+        self._unclaim = unclaim or (lambda ip: None)
 
     def host_ip(self, node: str) -> str:
         return host_ip(self._index[node])
@@ -222,9 +257,14 @@ class IpPool:
         prefix = f"127.1.{self._index[node]}."
         used = set(self._by_key.values())
         if current and current.startswith(prefix) and current not in used:
-            ip = current
+            ip = current  # a pod's IP does not change, even if another cluster claimed it meanwhile
+            self._claim(ip)
         else:
-            free = (f"{prefix}{octet}" for octet in range(2, 255) if f"{prefix}{octet}" not in used)
+            free = (
+                f"{prefix}{octet}"
+                for octet in range(2, 255)
+                if f"{prefix}{octet}" not in used and self._claim(f"{prefix}{octet}")
+            )
             ip = next(free, None) or ""
             if not ip:
                 raise RuntimeError(f"no pod IPs left on {node}")
@@ -232,7 +272,9 @@ class IpPool:
         return ip
 
     def release(self, key: str) -> None:
-        self._by_key.pop(key, None)
+        ip = self._by_key.pop(key, None)
+        if ip is not None:
+            self._unclaim(ip)
 
     def assigned(self) -> dict[str, str]:
         return dict(self._by_key)

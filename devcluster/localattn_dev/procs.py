@@ -17,6 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+# Popen objects of the processes this process started: their exit status is read through them (an
+# unreferenced Popen would be reaped by subprocess's own cleanup, losing the status).
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
 
 @dataclass(frozen=True)
 class ProcRecord:
@@ -72,13 +76,21 @@ def load_all(state_dir: Path) -> dict[str, ProcRecord]:
 
 
 def start(
-    state_dir: Path, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None
+    state_dir: Path,
+    name: str,
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    log_path: Path | None = None,
+    cwd: Path | None = None,
 ) -> ProcRecord:
-    """Start `argv` detached (new session, stdin closed, output to its log) and record it."""
-    logs = state_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    """Start `argv` detached (new session, stdin closed, output to its log) and record it.
+
+    The log defaults to `<state>/logs/<name>.log` and the working directory to the state dir."""
     run_dir(state_dir).mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"{name}.log"
+    if log_path is None:
+        (state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        log_path = state_dir / "logs" / f"{name}.log"
     with open(log_path, "ab") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
         log.flush()
@@ -89,14 +101,76 @@ def start(
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env=dict(env) if env is not None else None,
-            cwd=state_dir,
+            cwd=cwd or state_dir,
         )
+    _CHILDREN[proc.pid] = proc
     ticks = _start_ticks(proc.pid)
     record = ProcRecord(name=name, pid=proc.pid, start_ticks=ticks or -1, argv=list(argv), log=str(log_path))
     tmp = run_dir(state_dir) / f".{name}.json.tmp"
     tmp.write_text(json.dumps(asdict(record)))
     tmp.replace(run_dir(state_dir) / f"{name}.json")
     return record
+
+
+def returncode(record: ProcRecord, wait: float = 0.0) -> int | None:
+    """The exit status (Popen convention: -N for signal N) of a process this process started and that has
+    exited; None while it runs or when it is not our child (adopted from a previous agent: unknowable).
+
+    `wait`: seconds to wait for it. Needed right after /proc shows a multi-threaded process as a zombie: its
+    leader thread is "Z" while the other threads still exit, and it is not waitable until they are gone."""
+    proc = _CHILDREN.get(record.pid)
+    if proc is None:
+        return None
+    try:
+        return proc.wait(timeout=wait) if wait > 0 else proc.poll()
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def forget(state_dir: Path, name: str) -> None:
+    """Drop a record (its process is gone)."""
+    record = load(state_dir, name)
+    if record is not None:
+        _CHILDREN.pop(record.pid, None)
+    (run_dir(state_dir) / f"{name}.json").unlink(missing_ok=True)
+
+
+def session_members(record: ProcRecord) -> list[int]:
+    """Live processes of the session the recorded process leads (its children, grandchildren...), the
+    leader included while it runs. A session id is a PID the kernel does not reuse while the session has
+    members, so these are ours even after the leader died."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == record.pid and fields[0] != "Z":  # field 6: session id
+            members.append(int(entry.name))
+    return members
+
+
+def session_rss(record: ProcRecord) -> int:
+    """Resident memory (bytes) of the whole session: what a container's memory limit is checked against."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for pid in session_members(record):
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def kill_session(record: ProcRecord, sig: signal.Signals) -> bool:
+    """Signal every live member of the recorded session (the leader may be gone); True if any was left."""
+    members = session_members(record)
+    for pid in members:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    return bool(members)
 
 
 def stop(state_dir: Path, name: str, timeout: float = 10.0) -> bool:
@@ -131,5 +205,8 @@ def _signal_group(record: ProcRecord, sig: signal.Signals) -> None:
 
 def _reap(pid: int) -> None:
     """Collect the exit status when the process is our own child (a same-process up/down, as in tests)."""
+    if pid in _CHILDREN:
+        _CHILDREN[pid].poll()
+        return
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)

@@ -80,6 +80,7 @@ def test_up_is_idempotent_and_honours_a_live_kubeconfig(
     assert st["ready"] and all(c["running"] for c in st["components"].values())
     assert set(st["components"]) == set(cluster.pids) == {
         "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent",
+        "haproxy", "prometheus", "dataplane",
     }  # fmt: skip
 
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))

@@ -6,15 +6,19 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 # every process make starts (tests, their subprocesses, `vllm serve`, the operator).
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/runtime:$(CURDIR)/kernels:$(CURDIR)/devcluster:$(CURDIR)/cli
 
-.PHONY: setup venv control-plane test test-fast lint crd demo demo-down clean-dev
+.PHONY: setup venv control-plane data-plane test test-fast lint crd demo demo-down clean-dev
 
-setup: venv control-plane
+setup: venv control-plane data-plane
 
 venv:
 	@./scripts/setup-venv.sh
 
 control-plane:
 	@./devcluster/build-control-plane.sh >/dev/null
+
+# Debian's haproxy (the dev cluster's service proxy) and prometheus (+ promtool).
+data-plane:
+	@./devcluster/install-data-plane.sh
 
 # The whole suite: unit, kernels, runtime on real vLLM, operator e2e on the real control plane.
 test: setup
@@ -26,13 +30,15 @@ test-fast: venv
 
 lint: venv
 	$(PY) -m ruff check operator runtime kernels devcluster cli tests benchmarks
-	$(PY) -m mypy operator/localattn_operator cli/localattn_cli devcluster/localattn_dev kernels/localattn_kernels runtime/localattn_runtime
+	$(PY) -m mypy operator/localattn_operator cli/localattn_cli cli/localattn_contract devcluster/localattn_dev kernels/localattn_kernels runtime/localattn_runtime
 	.venv/bin/lint-imports
 
-# The CRD is generated from the pydantic models; the chart ships a byte-identical copy.
+# The CRD is generated from the pydantic models; the chart ships a byte-identical copy; docs/crd-reference.md
+# is generated from the same schema.
 crd: venv
 	.venv/bin/localattn crd generate --out crds/localattndeployment.yaml
 	cp crds/localattndeployment.yaml helm/localattn/crds/localattndeployment.yaml
+	.venv/bin/localattn crd docs --out docs/crd-reference.md
 
 demo: setup
 	@./scripts/demo.sh

@@ -28,6 +28,13 @@ if [ ! -f "$venv/.complete" ]; then
   fi
   touch "$venv/.complete"
 fi
+# Light extras on top (test tooling, model conversion), layered with a marker keyed by their own hash.
+extra_key="$(sha256sum "$root/requirements-extra.txt" | cut -c1-16)"
+if [ ! -f "$venv/.extra-$extra_key" ]; then
+  "$venv/bin/pip" install -q -r "$root/requirements-extra.txt"
+  rm -f "$venv"/.extra-*
+  touch "$venv/.extra-$extra_key"
+fi
 ln -sfn "$venv" "$root/.venv"
 # The project itself: editable, so entry points (console script, vLLM plugin) point at this checkout.
 "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root"

@@ -177,3 +177,34 @@ def test_prometheus_holds_latency_series_per_pod_after_load(cluster: ClusterInfo
     assert {r["metric"]["pod"] for r in result} == names
     assert {r["metric"]["revision"] for r in result} == revisions and all(revisions)
     assert {r["metric"]["job"] for r in result} == {"localattn-pods"}
+
+
+def test_a_lad_whose_pods_crash_loop_reports_degraded_with_the_reason_and_the_pod(
+    cluster: ClusterInfo, operator: subprocess.Popen[bytes]
+) -> None:
+    """A real vLLM that exits at start (its model path does not exist): the pod goes CrashLoopBackOff on the
+    node, and the LAD says so (Degraded, the reason and the pod) instead of staying Progressing forever."""
+    broken = lad(replicas=1)
+    broken["metadata"]["name"] = "broken"
+    broken["spec"]["model"] = {"uri": "pvc://models/does-not-exist", "servedModelName": "broken"}
+    with temp_namespace(cluster.kubeconfig, prefix="dataplane-crash-") as ns:
+        body = {"apiVersion": "v1", "kind": "List", "items": [*model_volume(ns), broken]}
+        kubectl("apply", "-n", ns, "-f", "-", kubeconfig=cluster.kubeconfig, input=json.dumps(body))
+
+        def degraded() -> dict[str, Any] | None:
+            status = kubectl_json("get", "lad", "broken", "-n", ns, kubeconfig=cluster.kubeconfig).get("status") or {}
+            cond = next((c for c in status.get("conditions") or [] if c["type"] == "Degraded"), {})
+            return status if cond.get("status") == "True" and cond.get("reason") == "CrashLoopBackOff" else None
+
+        status = wait_for(degraded, timeout=300, interval=2, message="the LAD Degraded with reason CrashLoopBackOff")
+        assert status["phase"] == "Degraded"
+        (pod,) = kubectl_json("get", "pods", "-n", ns, "-l", "localattn.dev/deployment=broken",
+                              kubeconfig=cluster.kubeconfig)["items"]  # fmt: skip
+        (container,) = pod["status"]["containerStatuses"]
+        assert container["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+        assert container["restartCount"] >= 1
+        message = next(c for c in status["conditions"] if c["type"] == "Degraded")["message"]
+        assert pod["metadata"]["name"] in message
+        events = kubectl_json("get", "events", "-n", ns, "--field-selector", "involvedObject.name=broken",
+                              kubeconfig=cluster.kubeconfig)["items"]  # fmt: skip
+        assert any(e["type"] == "Warning" and e["reason"] == "CrashLoopBackOff" for e in events), events

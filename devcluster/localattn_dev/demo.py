@@ -4,11 +4,10 @@ The story, on the embedded default (process-mode pods, HAProxy, Prometheus, the 
 
 1. `examples/deployment.yaml`: the full-attention baseline, 2 replicas of the tiny trained model, with the
    quality probe on a golden set built from the model itself; load through the Service's proxy address.
-2. `examples/deployment-local.yaml`: the same model with sink + window attention. With the progressive-
-   delivery executor in the operator (`status.rollout`), it runs as a canary through the spec's steps and is
-   promoted by the analysis; without it, the Deployment rolls in place and the demo says so.
-3. `examples/deployment-bad.yaml`: a tiny window, no sinks, no global layer: rolled back by the quality gate
-   (only where the operator reports rollouts; otherwise the demo says that rollback is not wired yet).
+2. `examples/deployment-local.yaml`: the same model with sink + window attention: a canary through the spec's
+   steps (`status.rollout`), to be promoted by the analysis.
+3. `examples/deployment-bad.yaml`: a tiny window, no sinks, no global layer: to be rolled back by the gates.
+   The demo exits non-zero when either outcome differs.
 4. A summary of the revisions side by side, and a report: `<demo dir>/demo-report/{timeline.png,summary.md}`.
 
 All the logic is here (scripts/demo.sh is a thin wrapper); what is pure lives in `demo_view`/`demo_report`.
@@ -277,6 +276,7 @@ class Demo:
         stable = self.baseline()
         self.step(f"kubectl apply -f examples/{EXAMPLES['local']}: sink + window attention, load running")
         local, phase = self.roll("local", stable)
+        bad_phase: str | None = None
         if local is not None and phase in (None, "Promoted"):
             self.step("the new revision alone under load (per length bucket)")
             self.segment("local", local, 30)
@@ -289,11 +289,17 @@ class Demo:
                 self.notes.append("the local-attention revision was rolled back (see the decisions for the gate and "
                                   "its numbers); the bad revision is tried against the baseline instead.")
             self.step(f"kubectl apply -f examples/{EXAMPLES['bad']}: a tiny window, no sinks, no global layer")
-            self.roll("bad", local if phase == "Promoted" else stable)
+            _, bad_phase = self.roll("bad", local if phase == "Promoted" else stable)
             self.rolled_back_numbers()
         self.summary()
         print(self.kube.run("get", "lad"), end="")
         print(f"\nexport KUBECONFIG={self.kube.kubeconfig}\nStop everything: make demo-down")
+        # The story is the product's promise: a good revision promoted, a bad one rolled back. Anything else is a
+        # failed demo, said plainly and in the exit status.
+        if phase != "Promoted" or (self.with_bad and bad_phase != "RolledBack"):
+            print(f"\ndemo FAILED its story: local-attention revision {phase or 'not rolled out'}, bad revision "
+                  f"{bad_phase or 'not tried'} (expected Promoted and RolledBack; see the decisions above)")
+            return 1
         return 0
 
 

@@ -180,16 +180,19 @@ class Agent:
                 return
             node = pod["spec"]["nodeName"]
             ip = self.ips.assign(node, key, (pod.get("status") or {}).get("podIP"))
-            if key not in self._gpus:
-                need = gpu_count(pod)
-                used = sum(n for k, (where, n) in self._gpus.items() if where == node)
-                rejection = pure.admit(meta["name"], need, used, self.shape.gpus)
-                if rejection:
-                    self.ips.release(key)
-                    self._patch_status(core, key, rejected_status(f"OutOf{pure.GPU}", rejection))
-                    log.warning("rejected %s: %s", key, rejection)
-                    return
-                self._gpus[key] = (node, need)
+            with self._lock:  # the status loop forgets pods (and their GPUs) concurrently
+                rejection = None
+                if key not in self._gpus:
+                    need = gpu_count(pod)
+                    used = sum(n for k, (where, n) in self._gpus.items() if where == node)
+                    rejection = pure.admit(meta["name"], need, used, self.shape.gpus)
+                    if not rejection:
+                        self._gpus[key] = (node, need)
+            if rejection:
+                self.ips.release(key)
+                self._patch_status(core, key, rejected_status(f"OutOf{pure.GPU}", rejection))
+                log.warning("rejected %s: %s", key, rejection)
+                return
             self.runtime.sync(pod, ip, self.ips.host_ip(node))
             self._report(core, key)
         except ApiException as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import ipaddress
 import logging
 import shutil
 import signal
@@ -257,19 +258,26 @@ class PodWorker:
         except ConfigError as e:
             lifecycle.cannot_start("CreateContainerConfigError", str(e), now)
             return
+        except Exception as e:  # an API timeout reading a ConfigMap or Secret, a full disk: try again later
+            log.warning("pod %s container %s cannot start yet: %s", self.key, lifecycle.name, e)
+            lifecycle.cannot_start("ContainerCreating", str(e), now, retry_in=10)
+            return
         lifecycle.restarting(now)
         path = log_file(self.root, lifecycle.name, lifecycle.restart_count)
         path.parent.mkdir(parents=True, exist_ok=True)
         name = record_name(self.uid, lifecycle.name)
         try:
-            record = procs.start(self.records_dir, name, plan.argv, plan.env, log_path=path, cwd=plan.cwd)
+            record = procs.start(
+                self.records_dir, name, plan.argv, plan.env, log_path=path, cwd=plan.cwd, announce=False
+            )
         except OSError as e:
             lifecycle.started(now, "")
             lifecycle.exited(128, "StartError", now, str(e))
             return
         self.running[lifecycle.name] = record
         lifecycle.started(time.time(), f"localattn-process://{record.pid}")
-        log.info("started %s/%s: pid %d, %s", self.key, lifecycle.name, record.pid, " ".join(plan.argv))
+        # The program only: expanded args may hold Secret-sourced env values, which never go to the agent's log.
+        log.info("started %s/%s: pid %d, %s", self.key, lifecycle.name, record.pid, plan.argv[0])
 
     def _reap(self, lifecycle: ContainerLifecycle, record: procs.ProcRecord, now: float) -> None:
         """The leader is gone: end the rest of its session (a container ends as a whole) and report why."""
@@ -324,6 +332,8 @@ class PodWorker:
     # -- probes -----------------------------------------------------------------------------------------
     def _probe(self, probe: Probe, container: str) -> bool:
         host = probe.host or self.pod_ip
+        if probe.handler in ("httpGet", "tcpSocket") and not _is_loopback(host):
+            return False  # the dev cluster never sends traffic off this machine, whatever a pod spec names
         try:
             if probe.handler == "httpGet":
                 cls = (
@@ -367,3 +377,10 @@ class PodWorker:
             self.published = patch
             with contextlib.suppress(Exception):
                 self.on_change(self.key)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

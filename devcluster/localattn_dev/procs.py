@@ -83,17 +83,21 @@ def start(
     *,
     log_path: Path | None = None,
     cwd: Path | None = None,
+    announce: bool = True,
 ) -> ProcRecord:
     """Start `argv` detached (new session, stdin closed, output to its log) and record it.
 
-    The log defaults to `<state>/logs/<name>.log` and the working directory to the state dir."""
+    The log defaults to `<state>/logs/<name>.log` and the working directory to the state dir. `announce`
+    writes the command line into the log first; a pod's container log does not get it (its expanded args may
+    carry values of Secret-sourced env, which kubelet never writes into a container's log either)."""
     run_dir(state_dir).mkdir(parents=True, exist_ok=True)
     if log_path is None:
         (state_dir / "logs").mkdir(parents=True, exist_ok=True)
         log_path = state_dir / "logs" / f"{name}.log"
     with open(log_path, "ab") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
-        log.flush()
+        if announce:
+            log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
+            log.flush()
         proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
@@ -190,6 +194,11 @@ def stop(state_dir: Path, name: str, timeout: float = 10.0) -> bool:
             while alive(record) and time.monotonic() < deadline + 5:
                 _reap(record.pid)
                 time.sleep(0.05)
+    # A leader that exited on SIGTERM may leave members that ignored it (an engine core, a load client's worker):
+    # the session ends as a whole, so nothing outlives `dev down`. Only right after the leader ran: a session id
+    # long without members could belong to someone else by now.
+    if was_alive:
+        kill_session(record, signal.SIGKILL)
     (run_dir(state_dir) / f"{name}.json").unlink(missing_ok=True)
     return was_alive
 

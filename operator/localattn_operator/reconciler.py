@@ -167,10 +167,18 @@ class Reconciler:
         except Exception:
             log.exception("reconcile of %s/%s failed; the periodic resync will retry", *key)
 
+    def _forget(self, namespace: str, name: str) -> None:
+        """Drop the per-LAD memory of a deleted LAD (its lock stays: a pass may still hold it)."""
+        key = (namespace, name)
+        self._verdicts.pop(key, None)
+        self._scrape_states.pop(key, None)
+        self._sampled_at.pop(key, None)
+
     def reconcile_now(self, namespace: str, name: str) -> PassResult:
         cluster = self._cluster
         obj = cluster.get_lad(namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
+            self._forget(namespace, name)
             return PassResult()  # gone: owner references let the garbage collector remove the children
         meta = obj["metadata"]
         owner = Owner(name=name, namespace=namespace, uid=meta["uid"])

@@ -84,10 +84,18 @@ def _analysis_problems(spec: LocalAttnDeploymentSpec) -> list[str]:
     for name, value in (("maxPerplexityRatio", t.max_perplexity_ratio), ("maxExactMatchDrop", t.max_exact_match_drop)):
         if value is not None and not spec.probe.enabled:
             problems.append(f"spec.analysis.thresholds.{name}: no metric source; set spec.probe.enabled")
-    if t.min_agreement is not None and not spec.paired_comparison.enabled:
-        problems.append("spec.analysis.thresholds.minAgreement: no metric source; set spec.pairedComparison.enabled")
+    if spec.paired_comparison.enabled:
+        # Refused rather than accepted and left to hold: the executor does not send the paired prompts yet, so
+        # every window would be an Error and the rollout would roll back after the error limit.
+        problems.append("spec.pairedComparison.enabled: not available in this operator version yet; leave it false")
+    if t.min_agreement is not None:
+        problems.append("spec.analysis.thresholds.minAgreement: no metric source (the paired comparison is not "
+                        "available in this operator version yet)")
     url = a.provider.prometheus.url if a.provider.prometheus is not None else None
-    if url is not None and not re.match(r"^https?://[^\s/]+", url):
+    if url is not None and re.match(r"^https?://[^\s/@]*@", url):
+        # Not echoed: the userinfo is a credential, and secrets are passed by reference only.
+        problems.append("spec.analysis.provider.prometheus.url: must not carry credentials (user:password@)")
+    elif url is not None and not re.match(r"^https?://[^\s/]+", url):
         problems.append(f"spec.analysis.provider.prometheus.url: must be an http(s):// URL, got {url!r}")
     buckets = a.length_buckets
     if buckets is not None:

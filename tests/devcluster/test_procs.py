@@ -33,3 +33,22 @@ def test_stop_escalates_to_sigkill(tmp_path: Path) -> None:
         pass
     assert procs.stop(tmp_path, "stubborn", timeout=0.5)
     assert not procs.alive(record)
+
+
+def test_stop_ends_members_that_outlive_their_leader(tmp_path: Path) -> None:
+    """The leader exits on SIGTERM while a child ignores it (an engine core, a load client's worker): `stop`
+    still leaves nothing of the session running."""
+    import time
+
+    script = "(trap '' TERM; exec sleep 300) & echo started; sleep 300"
+    record = procs.start(tmp_path, "family", ["sh", "-c", script])
+    deadline = time.monotonic() + 10
+    while len(procs.session_members(record)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    members = procs.session_members(record)
+    assert len(members) >= 3, members  # sh, the TERM-ignoring sleep, the leader's own sleep
+    assert procs.stop(tmp_path, "family", timeout=5) is True
+    deadline = time.monotonic() + 5
+    while procs.session_members(record) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert procs.session_members(record) == []

@@ -33,7 +33,9 @@ TEMPLATES: dict[str, str] = {
     "p95_ttft": "histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{$sel}[$window])))",
     "p95_itl": "histogram_quantile(0.95, sum by (le) (rate(vllm:inter_token_latency_seconds_bucket{$sel}[$window])))",
     "error_rate": (
-        'sum(rate(http_requests_total{$sel,handler=~"/v1/.+",status!="2xx"}[$window]))'
+        # `or vector(0)`: an arm that never failed has no non-2xx series at all, and an empty numerator would make
+        # the share "no data" instead of 0; an arm with no requests still divides by nothing: no data.
+        '(sum(rate(http_requests_total{$sel,handler=~"/v1/.+",status!="2xx"}[$window])) or vector(0))'
         ' / sum(rate(http_requests_total{$sel,handler=~"/v1/.+"}[$window]))'
     ),
     # Generated tokens per second per serving pod; the analysis divides by the GPUs per pod.

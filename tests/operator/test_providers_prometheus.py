@@ -72,8 +72,12 @@ class FakePod:
         lines.append("# TYPE vllm:generation_tokens_total counter")
         lines.append(f"vllm:generation_tokens_total{{{base}}} {self.tokens * t}")
         lines.append("# TYPE http_requests_total counter")
+        # As vLLM's instrumentator does, a status series exists only once a request ended with it: a pod without
+        # errors has no non-2xx /v1/ series at all.
         for handler, status, slope in (("/v1/completions", "2xx", self.ok), ("/v1/completions", "5xx", self.errors),
                                        ("/metrics", "2xx", 3.0), ("/health", "5xx", 2.0)):
+            if slope == 0:
+                continue
             lines.append(f'http_requests_total{{handler="{handler}",method="POST",status="{status}"}} {slope * t}')
         lines.append("# TYPE localattn_probe_perplexity gauge")
         lines.append(f"localattn_probe_perplexity {self.perplexity}")

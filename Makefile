@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 # every process make starts (tests, their subprocesses, `vllm serve`, the operator).
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/runtime:$(CURDIR)/kernels:$(CURDIR)/devcluster:$(CURDIR)/cli
 
-.PHONY: setup venv control-plane data-plane test test-fast lint crd demo demo-down clean-dev
+.PHONY: setup venv control-plane data-plane test test-fast lint crd dashboard demo demo-down clean-dev
 
 setup: venv control-plane data-plane
 
@@ -33,12 +33,18 @@ lint: venv
 	$(PY) -m mypy operator/localattn_operator cli/localattn_cli cli/localattn_contract devcluster/localattn_dev kernels/localattn_kernels runtime/localattn_runtime
 	.venv/bin/lint-imports
 
-# The CRD is generated from the pydantic models; the chart ships a byte-identical copy; docs/crd-reference.md
-# is generated from the same schema.
+# The CRD is generated from the pydantic models (plus a variant with CEL rules for Kubernetes >= 1.25); the chart
+# ships a byte-identical copy of the plain one; docs/crd-reference.md is generated from the same schema.
 crd: venv
 	.venv/bin/localattn crd generate --out crds/localattndeployment.yaml
+	.venv/bin/localattn crd generate --cel --out crds/localattndeployment-cel.yaml
 	cp crds/localattndeployment.yaml helm/localattn/crds/localattndeployment.yaml
 	.venv/bin/localattn crd docs --out docs/crd-reference.md
+
+# The Grafana dashboard is generated (grafanalib) from the operator's query templates; the chart ships a
+# byte-identical copy for its optional ConfigMap.
+dashboard: venv
+	.venv/bin/localattn dashboard --out dashboards/localattn.json --out helm/localattn/dashboards/localattn.json
 
 demo: setup
 	@./scripts/demo.sh

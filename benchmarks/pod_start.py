@@ -94,6 +94,7 @@ def one_run(
                 ready_at = time.monotonic() - t0
                 record = procs.load(pods_dir(state_dir), record_name(pod["metadata"]["uid"], "vllm"))
                 rss = procs.session_rss(record) if record else 0
+                pss = procs.session_pss(record) if record else 0
         time.sleep(0.25)
     if ready_at is None:
         raise TimeoutError(f"run {run}: not Ready within 600 s")
@@ -102,6 +103,7 @@ def one_run(
         "health_s": round(health_at or ready_at, 1),
         "ready_s": round(ready_at, 1),
         "rss_gib": round(rss / 2**30, 2),
+        "pss_gib": round(pss / 2**30, 2),
     }
 
 

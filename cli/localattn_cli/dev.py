@@ -74,8 +74,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--down", action="store_true", help="stop what the demo started (`make demo-down`)")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("url", help="print the proxy URL of a Service (http://127.2.x.y:PORT), or Prometheus'")
-    p.add_argument("service", metavar="SERVICE", help="a Service name, or `prometheus`")
+    p = sub.add_parser("url", help="print the proxy URL of a Service or HTTPRoute (http://127.2.x.y:PORT), or Prometheus'")
+    p.add_argument("service", metavar="SERVICE", help="a Service name, `httproute/NAME`, or `prometheus`")
     p.add_argument("-n", "--namespace", default="default")
     p.set_defaults(func=_url)
 
@@ -168,7 +168,7 @@ def _url(args: argparse.Namespace) -> int:
 
     url = url_of(args.service, args.namespace, args.state_dir)
     if url is None:
-        what = "Prometheus" if args.service == "prometheus" else f"Service {args.namespace}/{args.service}"
+        what = "Prometheus" if args.service == "prometheus" else f"{args.namespace}/{args.service}"
         print(f"{what}: not known to the dev cluster's proxy (is `dev up` running?)", file=sys.stderr)
         return 1
     print(url)

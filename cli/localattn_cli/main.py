@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Command groups, in help order. Each module: add_parser(subparsers) setting `func(args) -> int`.
-_GROUPS = ("operator_cmd", "crd", "dev", "model", "calibrate", "load")
+_GROUPS = ("operator_cmd", "crd", "dashboard", "dev", "model", "calibrate", "load")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,8 @@ def _run(args: argparse.Namespace) -> int:
         # the in-cluster configuration, for our client and for kopf's login alike.
         os.environ["LOCALATTN_KUBECONFIG"] = args.kubeconfig
         os.environ["KUBECONFIG"] = args.kubeconfig
+    if args.liveness:  # a follower (leader election) answers it itself until kopf serves it
+        os.environ["LOCALATTN_LIVENESS_ENDPOINT"] = args.liveness
     import kopf
 
     import localattn_operator.handlers  # noqa: F401  (registers the handlers)
@@ -23,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
         metrics.serve(port, args.metrics_address)
     kopf.configure(verbose=args.verbose)
     kopf.run(
-        standalone=True,  # a single active replica; the chart runs one (see docs/operator.md)
+        standalone=True,  # no kopf peering: replicas elect a leader on a Lease instead (leader.py, docs/operator.md)
         clusterwide=not args.namespace,
         namespaces=args.namespace or [],
         liveness_endpoint=args.liveness or None,

@@ -9,7 +9,9 @@ Stdlib only, and it imports no other localattn package.
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -20,6 +22,10 @@ SCHEMA_FILE = "runtime_config.schema.json"
 CONFIG_FILE = "localattn.json"
 ENV_FILE = "LOCALATTN_CONFIG"  # a path to the JSON file
 ENV_JSON = "LOCALATTN_CONFIG_JSON"  # inline JSON (wins over the file)
+
+#: The runtime's per-request latency histogram, labelled by prompt-length bucket, and that label's name.
+BUCKET_LATENCY_METRIC = "localattn_request_latency_seconds"
+BUCKET_LABEL = "length_bucket"
 
 
 @cache
@@ -46,3 +52,26 @@ def default(path: str) -> Any:
     for part in parts[:-1]:
         node = node["properties"][part]
     return node["properties"][parts[-1]]["default"]
+
+
+# --- prompt-length buckets: the runtime labels its histogram with these strings, the operator queries them ----
+
+
+def default_bucket_boundaries(window_size: int) -> list[int]:
+    """Below the window (local attention changes nothing), up to 4W, and far beyond."""
+    return [window_size, 4 * window_size]
+
+
+def bucket_labels(boundaries: Sequence[int]) -> list[str]:
+    """The `length_bucket` label values, prompt tokens lo <= n < hi: [512, 2048] -> 0-512, 512-2048, 2048-inf."""
+    edges = [0, *boundaries]
+    return [f"{lo}-{hi}" for lo, hi in itertools.pairwise(edges)] + [f"{edges[-1]}-inf"]
+
+
+def bucket_of(prompt_tokens: int, boundaries: Sequence[int]) -> str:
+    """The `length_bucket` label of a prompt of `prompt_tokens` tokens (lo <= n < hi)."""
+    labels = bucket_labels(boundaries)
+    for edge, label in zip(boundaries, labels, strict=False):
+        if prompt_tokens < edge:
+            return label
+    return labels[-1]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localattn_dev import health, modelstore, processruntime, procs
+from localattn_dev import gatewayschema, health, modelstore, processruntime, procs
 from localattn_dev import kubeconfig as kc
 from localattn_dev.assets import find_assets
 from localattn_dev.components import (
@@ -240,6 +240,7 @@ def _up_local(layout: Layout, spec: NodeSpec, timeout: float) -> ClusterInfo:
         _wait(lambda: health.apiserver_ready(layout, ports, ca_context), "kube-apiserver", record, timeout)
         started = True
     health.ensure_default_namespace(layout.kubeconfig)
+    gatewayschema.ensure_installed(layout.kubeconfig)  # the HTTPRoute API the proxy and the gatewayAPI router use
     if "kube-controller-manager" not in running:
         argv = controller_manager_argv(assets, layout, ports)
         running["kube-controller-manager"] = procs.start(sd, "kube-controller-manager", argv)
@@ -344,6 +345,17 @@ def down(state_dir: Path | str | None = None, purge: bool = False) -> list[str]:
         with contextlib.suppress(OSError):
             sd.rmdir()
     return stopped
+
+
+def stop_component(state_dir: Path | str | None, name: str, *, graceful: bool = True) -> bool:
+    """Stop one component of a local cluster (chaos tests: the apiserver or etcd going away under a running
+    operator); `up` starts it again, on its recorded port while that stays free. `graceful=False` sends
+    SIGKILL right after SIGTERM (a crash). True if it ran."""
+    if name not in COMPONENTS:
+        raise ValueError(f"unknown component {name!r} (one of {', '.join(COMPONENTS)})")
+    sd = resolve_state_dir(state_dir)
+    with _locked(sd):
+        return procs.stop(sd, name, timeout=10.0 if graceful else 0.0)
 
 
 def status(state_dir: Path | str | None = None) -> dict[str, Any]:

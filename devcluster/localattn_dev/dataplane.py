@@ -1,11 +1,14 @@
-"""The dev cluster's data-plane controller: Services/EndpointSlices -> HAProxy, Pods -> Prometheus targets.
+"""The dev cluster's data-plane controller: Services/EndpointSlices/HTTPRoutes -> HAProxy, Pods -> Prometheus.
 
     python -m localattn_dev.dataplane --kubeconfig K --state-dir DIR
 
-Three list+watch loops (Services, EndpointSlices, Pods; each its own API client, relisting on any error) fill
-caches; a change wakes the sync thread, which waits a few milliseconds for the burst to end, then brings
+Four list+watch loops (Services, EndpointSlices, HTTPRoutes, Pods; each its own API client, relisting on any
+error) fill caches; a change wakes the sync thread, which waits a few milliseconds for the burst to end, then brings
 HAProxy to the desired state (runtime API, or a seamless reload when frontends change) and rewrites the
-Prometheus file-SD JSON. HAProxy and Prometheus are processes of their own (`dev up` starts them).
+Prometheus file-SD JSON. HAProxy and Prometheus are processes of their own (`dev up` starts them). An
+HTTPRoute (the dev cluster's own Gateway API subset, `gatewayschema`) is served on an address of its own with
+its backendRefs' weights (`routemodel`); a weight change is a runtime `set weight`, applied within
+milliseconds of the watch event, with no reload.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ SERVICES = "/api/v1/services"
 PODS = "/api/v1/pods"
 # v1beta1: what Kubernetes 1.20 serves (v1 from 1.21 on; the fields read here are the same in both).
 ENDPOINT_SLICES = "/apis/discovery.k8s.io/v1beta1/endpointslices"
+HTTPROUTES = "/apis/gateway.networking.k8s.io/v1/httproutes"
 
 
 class DataPlane:
@@ -38,6 +42,7 @@ class DataPlane:
         self.proxy = ServiceProxy(ProxyFiles(state_dir))
         self.prometheus = PrometheusFiles(state_dir)
         self.services, self.slices, self.pods = ObjectCache(), ObjectCache(), ObjectCache()
+        self.routes = ObjectCache()  # not waited for: a cluster without the HTTPRoute CRD still proxies Services
         self.proxy_dirty, self.pods_dirty = threading.Event(), threading.Event()
         self.wake = threading.Event()
         self.stop = threading.Event()
@@ -71,7 +76,8 @@ class DataPlane:
 
     def _sync_proxy(self) -> None:
         try:
-            plan = self.proxy.sync(self.services.snapshot().values(), self.slices.snapshot().values())
+            plan = self.proxy.sync(self.services.snapshot().values(), self.slices.snapshot().values(),
+                                   routes=self.routes.snapshot().values())
             if plan.reload or plan.commands:
                 log.info("proxy: %s", "reloaded" if plan.reload else f"{len(plan.commands)} runtime commands")
         except Exception as e:
@@ -93,6 +99,7 @@ class DataPlane:
         loops = [
             ("services", SERVICES, self.services, self.proxy_dirty),
             ("endpointslices", ENDPOINT_SLICES, self.slices, self.proxy_dirty),
+            ("httproutes", HTTPROUTES, self.routes, self.proxy_dirty),
             ("pods", PODS, self.pods, self.pods_dirty),
         ]
         for name, path, cache, flag in loops:

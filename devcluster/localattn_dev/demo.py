@@ -34,6 +34,9 @@ from localattn_dev import modelstore, procs
 from localattn_dev.demo_io import DemoError, Kube, LoadPlan, Loads, Screen, revision_figures
 from localattn_dev.demo_report import write_report
 from localattn_dev.devurls import url_of
+from localattn_dev.ports import free_port
+from localattn_dev.prometheus import PrometheusFiles, operator_target, operator_target_file
+from localattn_dev.serviceproxy import write_atomic
 from localattn_operator.analysis import Figures
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,10 +147,14 @@ class Demo:
         (self.demo_dir / "logs").mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "KUBECONFIG": str(info.kubeconfig), "LOCALATTN_RESYNC_SECONDS": "10",
                "LOCALATTN_PROMETHEUS_URL": self.prometheus or ""}  # fmt: skip
+        metrics_port = free_port()  # scraped by the dev Prometheus' operator job: the dashboard's operator panels
         record = procs.start(self.demo_dir, "operator",
-                             [sys.executable, "-m", "localattn_cli.main", "operator", "run", "--metrics-port", "0"],
+                             [sys.executable, "-m", "localattn_cli.main", "operator", "run",
+                              "--metrics-port", str(metrics_port), "--metrics-address", "127.0.0.1"],
                              env, log_path=self.demo_dir / "logs" / "operator.log", cwd=ROOT)  # fmt: skip
-        print(f"operator: pid {record.pid}, log {record.log}")
+        write_atomic(operator_target_file(PrometheusFiles(info.state_dir), "demo"),
+                     operator_target("127.0.0.1", metrics_port))
+        print(f"operator: pid {record.pid}, log {record.log}, metrics http://127.0.0.1:{metrics_port}/metrics")
 
     def prepare(self) -> None:
         self.step("a clean start: no LAD from an earlier run")
@@ -326,6 +333,7 @@ def down(cluster_dir: Path | None, demo_dir: Path) -> int:
     if procs.stop(demo_dir, "operator"):
         stopped.append("operator")
     sd = resolve_state_dir(cluster_dir)
+    operator_target_file(PrometheusFiles(sd), "demo").unlink(missing_ok=True)
     pods = list(procs.load_all(pods_dir(sd)).values())  # read before `down` forgets them
     stopped += cluster_down(sd)
     left = sorted({pid for r in pods for pid in procs.session_members(r)})

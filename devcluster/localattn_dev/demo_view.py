@@ -21,6 +21,7 @@ from typing import Any
 
 from localattn_operator import queries
 from localattn_operator.analysis import Figures
+from localattn_operator.duration import parse_time
 
 ROLLOUT_DONE = ("Promoted", "RolledBack", "Aborted", "Idle")
 
@@ -129,11 +130,8 @@ def history_decisions(lad: Mapping[str, Any], started: datetime, seen: int = 0) 
     history = ((lad.get("status") or {}).get("rollout") or {}).get("history") or []
     out = []
     for entry in history[seen:]:
-        try:
-            at = datetime.fromisoformat(str(entry.get("time", "")).replace("Z", "+00:00"))
-            t = (at - started).total_seconds()
-        except ValueError:
-            t = math.nan
+        at = parse_time(str(entry.get("time", "")))
+        t = (at - started).total_seconds() if at is not None else math.nan
         text = f"{entry.get('from')} -> {entry.get('to')}: {entry.get('reason')}"
         if entry.get("message"):
             text += f" ({entry['message']})"

@@ -99,9 +99,10 @@ def render(files: ProxyFiles, frontends: Sequence[Frontend], slots: Mapping[str,
 
 
 def _listen(frontend: Frontend, slots: Slots) -> list[str]:
+    route = frontend.service.startswith("httproute/")
     lines = [
         f"listen {frontend.name}",
-        f"    # Service {frontend.service}",
+        f"    # {'HTTPRoute ' + frontend.service.split('/', 1)[1] if route else 'Service ' + frontend.service}",
         f"    bind {frontend.bind_address}:{frontend.port}",
         f"    mode {frontend.mode}",
     ]

@@ -18,6 +18,13 @@ def port_free(port: int) -> bool:
     return True
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host` now (the kernel's choice; a process started soon after can bind it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 def pick_ports(previous: dict[str, int], keep: set[str]) -> Ports:
     """Reuse the recorded port of a running component (`keep`) or a still-free one; else a fresh free port."""
     held: list[socket.socket] = []

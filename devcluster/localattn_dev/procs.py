@@ -168,6 +168,22 @@ def session_rss(record: ProcRecord) -> int:
     return total
 
 
+def session_pss(record: ProcRecord) -> int:
+    """Proportional set size (bytes) of the session: shared pages (torch's libraries, mapped by every vLLM
+    process) divided among their users, so the sum is the memory the pod really adds to the machine."""
+    total = 0
+    for pid in session_members(record):
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in rollup.splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1]) * 1024
+                break
+    return total
+
+
 def kill_session(record: ProcRecord, sig: signal.Signals) -> bool:
     """Signal every live member of the recorded session (the leader may be gone); True if any was left."""
     members = session_members(record)

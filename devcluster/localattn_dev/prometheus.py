@@ -3,12 +3,14 @@
 Debian's `prometheus` 2.42 (no Kubernetes discovery): the pods come from a file-SD JSON that the data
 plane's pod watch keeps current (`localattn_dev.discovery`); Prometheus notices a rewritten file at once
 (inotify). A second file-SD job takes the operator's `/metrics` when something running it locally drops a
-target file `operator*.json` into the targets directory (optional; nothing else depends on it).
+target file `operator*.json` into the targets directory (`operator_target_file`, `operator_target`; the demo
+does, so the Grafana dashboard's operator panels have data; nothing else depends on it).
 Scrape and evaluation every 2 s, so tests and the rollout analysis see load within seconds.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +67,17 @@ def config(files: PrometheusFiles) -> str:
         ],
     }
     return "# Written by `localattn dev up`.\n" + yaml.safe_dump(document, sort_keys=False)
+
+
+def operator_target_file(files: PrometheusFiles, name: str) -> Path:
+    """Where whoever runs an operator locally as `name` puts its target (the operator job's file-SD glob)."""
+    return files.targets / f"operator-{name}.json"
+
+
+def operator_target(host: str, port: int) -> str:
+    """The file-SD document for a local operator's `/metrics` at host:port. No target labels: the operator's
+    metrics carry `namespace` and `lad` themselves, and a target label of the same name would rename them."""
+    return json.dumps([{"targets": [f"{host}:{port}"], "labels": {}}]) + "\n"
 
 
 def prometheus_argv(files: PrometheusFiles, port: int, binary: str = PROMETHEUS) -> list[str]:

@@ -140,19 +140,47 @@ def is_loopback(ip: str) -> bool:
         return False
 
 
+def integer_weights(shares: Sequence[float], limit: int = MAX_WEIGHT) -> list[int]:
+    """HAProxy server weights (integers 0..`limit`) whose proportions come closest to `shares`.
+
+    A share of 0 (or less) is weight 0: that server gets no traffic. Every positive share gets at least 1,
+    so a small share is never rounded away (it may be served a little above its share instead). Among the
+    scales 1..`limit` for the heaviest server, the one with the least total deviation wins (the largest on a
+    tie), so a ratio HAProxy can express exactly (90:10 as 252:28) is served exactly; what the rounding
+    leaves is what `served_shares` reports.
+    """
+    total = sum(s for s in shares if s > 0)
+    if total <= 0:
+        return [0] * len(shares)
+    wanted = [max(s, 0.0) / total for s in shares]
+    top = max(wanted)
+    best: list[int] = []
+    best_error = float("inf")
+    for scale in range(limit, 0, -1):
+        weights = [0 if w <= 0 else max(1, round(scale * w / top)) for w in wanted]
+        error = sum(abs(got - w) for got, w in zip(served_shares(weights), wanted, strict=True))
+        if error < best_error - 1e-12:
+            best, best_error = weights, error
+    return best
+
+
+def served_shares(weights: Sequence[int]) -> list[float]:
+    """The share of requests each server gets under HAProxy's weighted round robin."""
+    total = sum(weights)
+    return [0.0 if total <= 0 else w / total for w in weights]
+
+
 def server_weights(groups: Sequence[tuple[EndpointGroup, Sequence[tuple[str, int]]]]) -> list[Server]:
-    """Servers of several weighted groups, each server carrying its group's weight over the group's size,
-    scaled so the heaviest server gets MAX_WEIGHT (a server with a non-zero share never rounds to 0)."""
+    """Servers of several weighted groups: each group's share (its weight over the sum of the weights) is
+    divided among its servers, so the groups' shares hold whatever their sizes; `integer_weights` turns the
+    servers' shares into HAProxy weights. Groups without servers are left out (their share goes to the rest)."""
     shares: dict[tuple[str, int], float] = {}
     for group, targets in groups:
         for target in targets:
             shares[target] = shares.get(target, 0.0) + max(group.weight, 0) / len(targets)
-    top = max(shares.values(), default=0.0)
-    servers = []
-    for (ip, port), share in sorted(shares.items()):
-        weight = 0 if share <= 0 or top <= 0 else max(1, round(MAX_WEIGHT * share / top))
-        servers.append(Server(ip, port, weight))
-    return servers
+    ordered = sorted(shares)
+    weights = integer_weights([shares[t] for t in ordered])
+    return [Server(ip, port, weight) for (ip, port), weight in zip(ordered, weights, strict=True)]
 
 
 def desired_frontends(

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from localattn_dev import haproxycfg, proxymodel, proxyslots
+from localattn_dev import haproxycfg, proxymodel, proxyslots, routemodel
 from localattn_dev.haproxycfg import ProxyFiles
 from localattn_dev.proxymodel import EndpointGroup, Frontend
 
@@ -99,7 +99,8 @@ def initial_config(files: ProxyFiles) -> None:
 
 
 class ServiceProxy:
-    """The sync step: desired frontends from a snapshot of Services and EndpointSlices, applied to HAProxy."""
+    """The sync step: desired frontends from a snapshot of Services, EndpointSlices and HTTPRoutes, applied to
+    HAProxy."""
 
     def __init__(self, files: ProxyFiles, binary: str = haproxycfg.HAPROXY) -> None:
         self.files = files
@@ -124,11 +125,19 @@ class ServiceProxy:
         services: Iterable[Mapping[str, Any]],
         endpoint_slices: Iterable[Mapping[str, Any]],
         splits: Mapping[str, Sequence[EndpointGroup]] | None = None,
+        routes: Iterable[Mapping[str, Any]] = (),
     ) -> proxyslots.Plan:
+        """`routes`: HTTPRoutes, each served on an address of its own (`routemodel`)."""
         proxied = [s for s in services if proxymodel.proxied(s)]
-        addresses = self._addresses({proxymodel.service_key(s): proxymodel.service_ports(s) for s in proxied})
+        routes = list(routes)
+        wanted = {proxymodel.service_key(s): proxymodel.service_ports(s) for s in proxied}
+        wanted.update({routemodel.route_key(r): routemodel.route_ports(r) for r in routes})
+        addresses = self._addresses(wanted)
         slices = proxymodel.slices_by_service(endpoint_slices)
-        desired = self._bindable(proxymodel.desired_frontends(proxied, slices, addresses, splits, self.min_port))
+        frontends = proxymodel.desired_frontends(proxied, slices, addresses, splits, self.min_port)
+        by_key = {proxymodel.service_key(s): s for s in proxied}
+        frontends += routemodel.route_frontends(routes, by_key, slices, addresses, self.min_port)
+        desired = self._bindable(frontends)
         plan = proxyslots.plan(self.running, self.slots, desired)
         text = haproxycfg.render(self.files, desired, plan.slots)
         if plan.reload:

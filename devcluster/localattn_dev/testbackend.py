@@ -4,7 +4,8 @@
 
 `GET /` answers the server's own address (so a client sees which backend answered), `GET /slow?seconds=S`
 answers after S seconds (a request in flight across a proxy reconfiguration), `GET /metrics` a Prometheus
-text exposition with a counter of the requests served. Keep-alive (HTTP/1.1), as a vLLM server does.
+text exposition with a counter of the requests served, or what `metrics()` returns (a fake serving pod's
+series, e.g. tests/devcluster/test_dashboard_check.py). Keep-alive (HTTP/1.1), as a vLLM server does.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
 
 
 class Backend:
-    def __init__(self, address: str, port: int) -> None:
+    def __init__(self, address: str, port: int, metrics: Callable[[], str] | None = None) -> None:
         self.address = address
         self.port = port
         self.served = 0
@@ -38,7 +40,9 @@ class Backend:
                 try:
                     if url.path == "/slow":
                         time.sleep(float(parse_qs(url.query).get("seconds", ["1"])[0]))
-                    if url.path == "/metrics":
+                    if url.path == "/metrics" and metrics is not None:
+                        body = metrics().encode()
+                    elif url.path == "/metrics":
                         body = (
                             "# HELP testbackend_requests_total Requests served.\n"
                             "# TYPE testbackend_requests_total counter\n"

@@ -23,6 +23,27 @@ from localattn_dev.controlplane import ClusterInfo, up
 from localattn_dev.paths import cache_dir
 
 T = TypeVar("T")
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "deployment.yaml"
+# The example's parts that only the demo's real pods can use (steps and analysis tuned for them, Prometheus, a
+# golden-set ConfigMap, a price): tests on simulated pods, which export no metrics, roll out with the defaults.
+DEMO_ONLY = ("rollout", "analysis", "probe", "cost")
+
+
+def example_lad(name: str, **spec_overrides: Any) -> dict[str, Any]:
+    """examples/deployment.yaml as `name`, without its demo-only parts; a dict override merges into the
+    example's section of that name (one level), anything else replaces it."""
+    import yaml
+
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    for demo_only in DEMO_ONLY:
+        doc["spec"].pop(demo_only, None)
+    doc["metadata"] = {"name": name}
+    for key, value in spec_overrides.items():
+        if isinstance(value, dict) and isinstance(doc["spec"].get(key), dict):
+            doc["spec"][key].update(value)
+        else:
+            doc["spec"][key] = value
+    return dict(doc)
 
 
 def default_test_state_dir() -> Path:
@@ -114,3 +135,53 @@ def temp_namespace(kubeconfig: Path | str, prefix: str = "test-", keep: bool = F
     finally:
         if not keep:
             kubectl("delete", "namespace", name, "--wait=false", kubeconfig=kubeconfig, check=False)
+
+
+def model_volume(namespace: str) -> list[dict[str, Any]]:
+    """The dev cluster's model store (the node's hostPath `/var/lib/localattn/models`, where `dev up` puts the
+    tiny models) as a PV pre-bound to a claim `models` in `namespace`: what `pvc://models/<name>` mounts."""
+    return [
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"models-{namespace}"},
+         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                  "hostPath": {"path": "/var/lib/localattn/models"},
+                  "claimRef": {"namespace": namespace, "name": "models"}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models"},
+         "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": f"models-{namespace}",
+                  "resources": {"requests": {"storage": "1Gi"}}}},
+    ]  # fmt: skip
+
+
+def install_lad_crd(kubeconfig: Path | str) -> None:
+    """The generated CRD, applied and established (what the operator needs before it starts)."""
+    crd = Path(__file__).resolve().parents[2] / "crds" / "localattndeployment.yaml"
+    kubectl("apply", "-f", str(crd), kubeconfig=kubeconfig)
+    kubectl("wait", "--for", "condition=established", "--timeout=60s", "crd/localattndeployments.localattn.dev",
+            kubeconfig=kubeconfig)
+
+
+@contextlib.contextmanager
+def running_operator(kubeconfig: Path | str, log_path: Path,
+                     env: dict[str, str | None] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """The operator as a process (`localattn operator run`, resync 20 s) for the block, its output in `log_path`;
+    `env` adds settings (a None value removes one inherited from the caller, e.g. LOCALATTN_PROMETHEUS_URL).
+    SIGTERM at the end, SIGKILL after 30 s."""
+    import sys
+
+    merged = {**os.environ, "KUBECONFIG": str(kubeconfig), "LOCALATTN_RESYNC_SECONDS": "20"}
+    for key, value in (env or {}).items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "localattn_cli.main", "operator", "run", "--metrics-port", "0"],
+                                env=merged, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -196,8 +196,9 @@ def decide(spec: AutoscalingSpec, state: AutoscalerState, samples: Samples, repl
     if direction != "hold":
         events = (*events, ScaleEvent(now, current, desired, signal, value, text))
         shown = f"{signal} {value:.3g}" if value is not None and signal != BOUNDS else signal
+        why = text if text.startswith(shown) else f"{shown}; {text}"  # the reason usually names the value already
         out_events.append(Event("Normal", "ScaledUp" if direction == "up" else "ScaledDown",
-                                f"{current} -> {desired} replicas: {shown}; {text}"))
+                                f"{current} -> {desired} replicas: {why}"))
     horizon = max(spec.scale_up.period_seconds, spec.scale_down.delay_seconds)
     pruned = tuple(e for e in events if (now - e.time).total_seconds() <= horizon)
     events = pruned or events[-1:]  # keep the last one: it is the scale-down delay's reference
@@ -305,14 +306,24 @@ class AutoscalePlan:
     status: AutoscalingStatus  # 1. status.autoscaling (written first: it is the record of the decision)
     replicas: int | None  # 2. spec.replicas through the scale subresource (None: already right)
     events: tuple[Event, ...]  # 3. ScaledUp/ScaledDown, GPULimited, ScaleReverted
+    measured: bool = True  # decided on a new measurement (what the operator's decision metrics count)
 
 
-def plan(spec: AutoscalingSpec, spec_replicas: int, previous: AutoscalingStatus | None, samples: Samples,
+def plan(spec: AutoscalingSpec, spec_replicas: int, previous: AutoscalingStatus | None, samples: Samples | None,
          ready: int, pending: Sequence[PendingPod], now: datetime) -> AutoscalePlan:
-    """Everything the reconciler needs for a LAD with spec.autoscaling, from what it observed."""
+    """Everything the reconciler needs for a LAD with spec.autoscaling, from what it observed.
+
+    `samples` None: nothing was measured since the last decision (a pass that something else triggered). The
+    count then holds, while the bounds, the hand-scale revert and the GPU flag still apply, and the last
+    measured headroom stays. Each measurement is decided on once only. A LAD-wide p95 recommends
+    `current * p95 / target`; decided on twice, it would multiply the count twice."""
     gpus = waiting_for_gpus(pending)
     counts = ReplicaCounts(current=managed_replicas(spec_replicas, previous), ready=ready,
                            pending_no_gpu=gpus.pending_no_gpu, pending_message=gpus.pending_message)
-    decision = decide(spec, state_from_status(previous), samples, counts, now)
+    decision = decide(spec, state_from_status(previous), samples if samples is not None else Samples(), counts, now)
     write = replicas_write(spec_replicas, previous, decision)
-    return AutoscalePlan(decision, status_of(decision, previous), write.replicas, (*write.events, *decision.events))
+    status = status_of(decision, previous)
+    if samples is None and previous is not None:
+        status.headroom_per_replica = previous.headroom_per_replica
+    return AutoscalePlan(decision, status, write.replicas, (*write.events, *decision.events),
+                         measured=samples is not None)

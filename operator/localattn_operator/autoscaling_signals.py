@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from localattn_operator import queries
 from localattn_operator.models import AutoscalingTargets
 
 TOLERANCE = 0.1  # the HPA's --horizontal-pod-autoscaler-tolerance default
@@ -188,15 +189,9 @@ def recommendations(targets: AutoscalingTargets, samples: Samples, current: int)
     return out
 
 
-# PromQL for the per-arm totals `samples_from_totals` takes, in the form of `queries.TEMPLATES` ($sel: the
-# arm's matchers, $window: a smoothing range), so they can join the rollout's templates and providers; the
-# p95s are queries.TEMPLATES' p95_e2e and p95_ttft.
-LOAD_TEMPLATES: dict[str, str] = {
-    "pods_reporting": "count(avg_over_time(vllm:kv_cache_usage_perc{$sel}[$window]))",
-    "waiting_total": "sum(avg_over_time(vllm:num_requests_waiting{$sel}[$window]))",
-    "running_total": "sum(avg_over_time(vllm:num_requests_running{$sel}[$window]))",
-    "kv_usage_total": "sum(avg_over_time(vllm:kv_cache_usage_perc{$sel}[$window]))",
-}
+# PromQL for the per-arm totals `samples_from_totals` takes: queries.LOAD_TEMPLATES (part of queries.TEMPLATES,
+# so both metrics providers answer them); the p95s are queries.TEMPLATES' p95_e2e and p95_ttft.
+LOAD_TEMPLATES = queries.LOAD_TEMPLATES
 
 
 @dataclass(frozen=True)

@@ -6,18 +6,20 @@ Importing this module registers the handlers with kopf's default registry.
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
 
-from localattn_operator import models
+from localattn_operator import leader, metrics, models
 from localattn_operator.k8s import Cluster, load_api_client, load_configuration
 from localattn_operator.reconciler import Reconciler
 from localattn_operator.render import LABEL_NAME, MANAGED_BY
 from localattn_operator.settings import Settings
 
 SETTINGS = Settings.from_env()
+log = logging.getLogger(__name__)
 _LAD = (models.GROUP, models.VERSION, models.PLURAL)
 _CHILDREN = {"app.kubernetes.io/managed-by": MANAGED_BY}
 CHILD_RESOURCES = (("apps", "v1", "deployments"), ("", "v1", "services"), ("", "v1", "configmaps"), ("", "v1", "pods"))
@@ -70,17 +72,56 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_settings(settings, SETTINGS)
-    asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(max_workers=SETTINGS.reconcile_threads, thread_name_prefix="reconcile")
-    )
-    cluster = Cluster(
-        load_api_client(SETTINGS.kubeconfig),
-        connect_timeout=SETTINGS.api_connect_timeout_seconds, read_timeout=SETTINGS.api_timeout_seconds,
-    )
+    memo.executor = ThreadPoolExecutor(max_workers=SETTINGS.reconcile_threads, thread_name_prefix="reconcile")
+    asyncio.get_running_loop().set_default_executor(memo.executor)
+    api = load_api_client(SETTINGS.kubeconfig)
+    if SETTINGS.leader_election_namespace:
+        memo.elector = await _lead(api)
+    cluster = Cluster(api, connect_timeout=SETTINGS.api_connect_timeout_seconds, read_timeout=SETTINGS.api_timeout_seconds)
     memo.reconciler = Reconciler(
         cluster, coalesce_seconds=SETTINGS.coalesce_seconds, pending_grace_seconds=SETTINGS.pending_grace_seconds,
         prometheus_url=SETTINGS.prometheus_url, measure_threads=SETTINGS.measure_threads,
+        autoscale_interval=SETTINGS.autoscale_interval_seconds, load_window=SETTINGS.autoscale_window_seconds,
     )
+
+
+async def _lead(api: Any) -> leader.Elector:
+    """Wait, inside kopf's startup, until this replica holds the Lease (leader.py). kopf starts no watcher before
+    its startup handlers return, so a follower reads and writes nothing of the LADs; meanwhile it answers the
+    liveness endpoint itself. Lease calls get timeouts within the renew deadline (the watchdog bounds the rest)."""
+    timing = leader.Timing(SETTINGS.lease_duration_seconds, SETTINGS.renew_deadline_seconds,
+                           SETTINGS.retry_period_seconds)
+    leases = Cluster(api, connect_timeout=min(SETTINGS.api_connect_timeout_seconds, timing.renew_deadline / 3),
+                     read_timeout=min(SETTINGS.api_timeout_seconds, timing.renew_deadline / 2))
+    assert SETTINGS.leader_election_namespace
+    elector = leader.Elector(leases, namespace=SETTINGS.leader_election_namespace, name=SETTINGS.lease_name,
+                             identity=SETTINGS.leader_identity or leader.default_identity(), timing=timing)
+    log.info("leader election: %s waits for lease %s/%s", elector.identity, elector.namespace, elector.name)
+    elector.start()
+    try:
+        with leader.follower_health(SETTINGS.liveness_endpoint, elector.alive):
+            while not elector.leading.is_set():
+                if not elector.alive():
+                    raise kopf.PermanentError("leader election stopped before this replica led")
+                await asyncio.sleep(0.1)
+    except asyncio.CancelledError:  # stopped while following: never acquire on the way out
+        elector.release()
+        raise
+    metrics.LEADER.set(1)
+    return elector
+
+
+@kopf.on.cleanup()
+async def release_lease(memo: kopf.Memo, **_: Any) -> None:
+    """On a clean shutdown hand the Lease back, but only after the passes in flight finished (a follower must
+    not start while one still writes): a follower then leads within its retry period."""
+    elector: leader.Elector | None = getattr(memo, "elector", None)
+    if elector is None:
+        return
+    executor: ThreadPoolExecutor | None = getattr(memo, "executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True, cancel_futures=True)  # bounded: every API call of a pass has a timeout
+    elector.release()
 
 
 @kopf.on.resume(*_LAD)

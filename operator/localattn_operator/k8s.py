@@ -26,6 +26,7 @@ from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 from localattn_operator import models
+from localattn_operator.duration import parse_time
 from localattn_operator.status import ApplyResult, DeploymentState, Event, FailingPod, PendingPod
 from localattn_operator.traffic_router import RouterError
 
@@ -40,6 +41,11 @@ _PATHS = {
     ("apps/v1", "Deployment"): "/apis/apps/v1/namespaces/{namespace}/deployments",
     ("apps/v1", "ControllerRevision"): "/apis/apps/v1/namespaces/{namespace}/controllerrevisions",
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): "/apis/gateway.networking.k8s.io/v1/namespaces/{namespace}/httproutes",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies",
+    ("coordination.k8s.io/v1", "Lease"): "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
+    ("inference.networking.k8s.io/v1", "InferencePool"): (
+        "/apis/inference.networking.k8s.io/v1/namespaces/{namespace}/inferencepools"
+    ),
     (f"{models.GROUP}/{models.VERSION}", models.KIND): (
         f"/apis/{models.GROUP}/{models.VERSION}/namespaces/{{namespace}}/{models.PLURAL}"
     ),
@@ -58,6 +64,9 @@ API_VERBS: dict[str, set[str]] = {
     "pods": {"list"},
     "events": {"create"},
     "httproutes": {"get", "patch"},  # the gatewayAPI router: only the two backendRefs' weights of a named route
+    "inferencepools": {"get", "patch"},  # gatewayAPI router, backendKind InferencePool: one pool per arm (apply)
+    "networkpolicies": {"get", "patch", "list", "delete"},  # spec.networkPolicy: applied, listed, pruned when off
+    "leases": {"get", "create", "update"},  # leader election (leader.py), in the operator's own namespace only
 }
 # Waiting reasons of a container that will not run without a change: reported as Degraded.
 BACK_OFF_REASONS = frozenset({
@@ -123,15 +132,6 @@ def rendered_content(obj: dict[str, Any]) -> dict[str, Any]:
     return content
 
 
-def _timestamp(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-
-
 @dataclass(frozen=True)
 class PodProblems:
     pending: list[PendingPod]
@@ -186,7 +186,7 @@ def pod_problems_of(pods: list[dict[str, Any]]) -> PodProblems:
             reason = scheduled.get("reason") or "Pending"
             message = scheduled.get("message") or "waiting to be scheduled"
         pending.append(PendingPod(name=meta["name"], reason=reason, message=message,
-                                  since=_timestamp(meta.get("creationTimestamp"))))
+                                  since=parse_time(meta.get("creationTimestamp"))))
     return PodProblems(pending=pending, failing=failing)
 
 
@@ -312,9 +312,38 @@ class Cluster:
             raise RouterError(f"HTTPRoute {namespace}/{name}: {error_message(exc)}") from None
         return written
 
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.get("coordination.k8s.io/v1", "Lease", namespace, name)
+
+    def create_lease(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Create the leader-election Lease; None when another replica created it first (409)."""
+        return self._write_lease("POST", self._collection("coordination.k8s.io/v1", "Lease",
+                                                          body["metadata"]["namespace"]), body)
+
+    def update_lease(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Replace the Lease (PUT with the resourceVersion read: optimistic concurrency); None on a conflict
+        (409: another replica wrote it since)."""
+        meta = body["metadata"]
+        path = f"{self._collection('coordination.k8s.io/v1', 'Lease', meta['namespace'])}/{meta['name']}"
+        return self._write_lease("PUT", path, body)
+
+    def _write_lease(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            written: dict[str, Any] = self._call(method, path, body=body)
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+        return written
+
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         path = f"{self._collection(_LAD_API_VERSION, models.KIND, namespace)}/{name}/status"
         self._call("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")
+
+    def scale_lad(self, namespace: str, name: str, replicas: int) -> None:
+        """Set a LAD's spec.replicas through its scale subresource (the autoscaler's write, as an HPA's would be)."""
+        path = f"{self._collection(_LAD_API_VERSION, models.KIND, namespace)}/{name}/scale"
+        self._call("PATCH", path, body={"spec": {"replicas": replicas}}, content_type="application/merge-patch+json")
 
     def emit_event(self, owner: dict[str, Any], event: Event) -> None:
         """A core/v1 Event on the LocalAttnDeployment (what `kubectl describe lad` shows).

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RECONCILES = Counter(
     "localattn_operator_reconciles_total", "Reconcile passes of LocalAttnDeployments", ["result"]
+)
+LEADER = Gauge(
+    "localattn_operator_leader", "1 on the replica that holds the leader-election Lease and reconciles, 0 on followers"
 )
 RECONCILE_SECONDS = Histogram(
     "localattn_operator_reconcile_duration_seconds",
@@ -55,6 +60,16 @@ ANALYSIS_VERDICTS = Counter(
 CANARY_WEIGHT = Gauge(
     "localattn_operator_canary_weight_percent", "The canary's achieved traffic weight", ["namespace", "lad"],
 )
+PAIRED_AGREEMENT = Gauge(
+    "localattn_operator_paired_agreement",
+    "Paired comparison's greedy token agreement (canary vs stable, same prompts) at the last analysis, per bucket",
+    ["namespace", "lad", "bucket"],
+)
+ROLLOUT_STEP = Gauge(
+    "localattn_operator_rollout_step",
+    "1-based index of the rollout step the canary is at (status.rollout.stepIndex + 1); 0: no canary",
+    ["namespace", "lad"],
+)
 ANALYSIS_SECONDS = Histogram(
     "localattn_operator_analysis_duration_seconds", "Wall time of measuring one analysis window",
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60),
@@ -64,14 +79,19 @@ _ROLLOUT_RESULTS = {"RolloutStarted": "started", "RolloutSuperseded": "started",
 
 
 def observe_rollout(namespace: str, lad: str, *, event_reasons: list[str], achieved_weight: int,
-                    gates: list[tuple[str, str]]) -> None:
-    """Export one pass's rollout facts (after its status is written): transitions, consumed gates, weight."""
+                    gates: list[tuple[str, str]], step: int = 0,
+                    paired: Sequence[tuple[str, float]] = ()) -> None:
+    """Export one pass's rollout facts (after its status is written): transitions, consumed gates, weight,
+    step (`step`: 1-based, 0 without a canary) and a consumed window's paired agreement per bucket."""
     for reason in event_reasons:
         if reason in _ROLLOUT_RESULTS:
             ROLLOUTS.labels(namespace, lad, _ROLLOUT_RESULTS[reason]).inc()
     for gate, phase in gates:
         ANALYSIS_VERDICTS.labels(namespace, lad, gate, phase).inc()
     CANARY_WEIGHT.labels(namespace, lad).set(achieved_weight)
+    ROLLOUT_STEP.labels(namespace, lad).set(step)
+    for bucket, agreement in paired:
+        PAIRED_AGREEMENT.labels(namespace, lad, bucket).set(agreement)
 
 
 def serve(port: int, address: str = "0.0.0.0") -> None:

@@ -2,7 +2,10 @@
 
 `crds/localattndeployment.yaml` is generated from these classes (`localattn crd generate`); what the
 OpenAPI schema can express (types, ranges, enums, required fields) lives here as field constraints, and
-cross-field rules live in `validation.py`, because Kubernetes 1.20 has no CEL to check them server-side.
+cross-field rules live in `validation.py`, because Kubernetes 1.20 has no CEL to check them server-side. The
+cross-field rules that CEL can state cheaply are also attached here (`cel`), and emitted as
+`x-kubernetes-validations` in the CRD's variant for Kubernetes >= 1.25 (crd.py), which then refuses such a spec
+at `kubectl apply`; tests/operator/test_cel_rules.py evaluates each rule against its Python twin.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+CEL_KEY = "x-kubernetes-validations"
 
 GROUP = "localattn.dev"
 VERSION = "v1alpha1"
@@ -21,6 +26,23 @@ SHORT_NAMES = ["lad"]
 
 # A Kubernetes quantity: "1", 1, "500m", "16Gi". The CRD marks it int-or-string.
 Quantity = Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True})]
+
+
+def cel(*rules: tuple[str, str, str | None]) -> ConfigDict:
+    """A model's CEL rules as (rule, message, fieldPath relative to the object or None); `self` is the object.
+
+    Rules may rely on server-side defaults (applied before validation) and guard optional fields with has().
+    Only rules that the operator also checks (validation.py, rollout_validation.py) belong here: on 1.20 they
+    are not enforced, and a CEL rule stricter than Python would refuse at admission what the operator accepts.
+    """
+    return ConfigDict(json_schema_extra={CEL_KEY: [
+        {"rule": rule, "message": message, **({"fieldPath": path} if path else {})} for rule, message, path in rules
+    ]})
+
+
+# Env the operator sets on every serving container itself (render.py); a duplicate is rejected by the apiserver
+# only when the Deployment is applied, so validation.py (and the CRD's CEL rule on EnvVar) catch it first.
+RESERVED_ENV = ("LOCALATTN_CONFIG", "HOME", "HF_HOME", "POD_IP", "POD_NAME", "POD_NAMESPACE")
 
 
 class ApiModel(BaseModel):
@@ -68,7 +90,13 @@ class Toleration(ApiModel):
 class EnvVar(ApiModel):
     """A plain value or a secret reference; secrets are passed by reference only."""
 
-    name: str = Field(min_length=1)
+    model_config = cel(
+        ("has(self.value) != has(self.secretKeyRef)", "set exactly one of value or secretKeyRef", None),
+        (f"!(self.name in {list(RESERVED_ENV)})",
+         f"is set by the operator itself (reserved: {', '.join(sorted(RESERVED_ENV))})", ".name"),
+    )
+
+    name: str = Field(min_length=1, max_length=253)  # bounded: the CEL rule's cost estimate needs it
     value: str | None = None
     secret_key_ref: SecretKeyRef | None = None
 
@@ -83,11 +111,13 @@ class RuntimeSpec(ApiModel):
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
-    env: list[EnvVar] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list, max_length=256)
 
 
 class GlobalLayers(ApiModel):
     """Layers that keep full attention: explicit `indices`, or every `every`-th layer from `offset`."""
+
+    model_config = cel(("!(has(self.indices) && has(self.every))", "set either indices or every, not both", None))
 
     indices: list[int] | None = None
     every: int | None = Field(default=None, ge=1)
@@ -140,6 +170,11 @@ class AutoscalingTargets(ApiModel):
     histograms (percentiles do not average). Missing data holds the replica count, never reads as zero load.
     """
 
+    model_config = cel((
+        "has(self.waitingRequestsPerReplica) || has(self.kvCacheUsage) || has(self.p95LatencySeconds)"
+        " || has(self.p95TTFTSeconds)",
+        "set at least one of waitingRequestsPerReplica, kvCacheUsage, p95LatencySeconds, p95TTFTSeconds", None))
+
     waiting_requests_per_replica: float | None = Field(
         default=None, gt=0, le=10000, description="Average `vllm:num_requests_waiting` per ready replica."
     )
@@ -185,6 +220,9 @@ class AutoscalingSpec(ApiModel):
     """When set, the operator owns `spec.replicas` (written through the scale subresource); a hand scale is
     reverted with a `ScaleReverted` event. Leave it unset to drive the LAD with your own HPA or KEDA."""
 
+    model_config = cel(("!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
+                        "must not exceed maxReplicas", ".minReplicas"))
+
     min_replicas: int = Field(
         default=1, ge=1, le=1000, description="At least 1: per-replica metrics cannot wake a LAD from zero."
     )
@@ -212,6 +250,11 @@ class PauseStep(ApiModel):
 class RolloutStep(ApiModel):
     """One step: `setWeight` (then one analysis interval at that weight) or `pause`. Exactly one of them."""
 
+    model_config = cel(
+        ("has(self.setWeight) != has(self.pause)", "set exactly one of setWeight or pause", None),
+        ("!has(self.pause) || !has(self.analysisInterval)", "only a setWeight step is analysed", ".analysisInterval"),
+    )
+
     set_weight: int | None = Field(
         default=None, ge=1, le=100, description="Percent of traffic for the canary; analysed before the next step."
     )
@@ -225,12 +268,31 @@ def _default_steps() -> list[RolloutStep]:
     return [RolloutStep(set_weight=10), RolloutStep(set_weight=25), RolloutStep(set_weight=50)]
 
 
+class EndpointPickerRef(ApiModel):
+    """The Endpoint Picker (EPP) Service the arms' InferencePools name (Gateway API Inference Extension v1,
+    `spec.endpointPickerRef`): the user runs it; the operator only points each arm's pool at it."""
+
+    name: str = Field(min_length=1, max_length=253, description="The EPP's Service in the LAD's namespace.")
+    port: int = Field(default=9002, ge=1, le=65535, description="The EPP's ext-proc port (upstream default 9002).")
+    failure_mode: Literal["FailOpen", "FailClose"] = Field(
+        default="FailClose", description="What the gateway does when the EPP does not answer.")
+
+
 class GatewayAPIRouter(ApiModel):
     """Weighted backendRefs of an HTTPRoute in the LAD's namespace; the operator patches only the weights."""
 
+    model_config = cel(("self.backendKind != 'InferencePool' || has(self.endpointPicker)",
+                        "backendKind InferencePool needs endpointPicker (the pools' spec.endpointPickerRef)",
+                        ".endpointPicker"))
+
     http_route: str = Field(min_length=1, max_length=253)
     backend_kind: Literal["Service", "InferencePool"] = Field(
-        default="Service", description="InferencePool: Gateway API Inference Extension; one pool per arm."
+        default="Service",
+        description="InferencePool: Gateway API Inference Extension (inference.networking.k8s.io/v1); the "
+        "operator owns one pool per arm (NAME-stable, NAME-canary) selecting that arm's pods.",
+    )
+    endpoint_picker: EndpointPickerRef | None = Field(
+        default=None, description="backendKind InferencePool: the Endpoint Picker the pools name (required then)."
     )
 
 
@@ -253,7 +315,9 @@ class RolloutSpec(ApiModel):
         description="Extra pods (count or % of replicas) the rollout may add; 0 takes canary pods from stable.",
     )
     progress_deadline_seconds: int = Field(
-        default=600, ge=30, le=86400, description="A canary not ready this long after a step began is rolled back."
+        default=600, ge=30, le=86400,
+        description="A canary not ready this long after a step began is rolled back; also each arm's Deployment "
+        "progressDeadlineSeconds, so a first revision never available this long is reported Degraded.",
     )
     router: RouterSpec = Field(default_factory=RouterSpec)
     post_promotion_guard: Duration | None = Field(
@@ -370,7 +434,71 @@ class PairedComparisonSpec(ApiModel):
     max_tokens: int = Field(default=32, ge=1, le=4096)
 
 
+class NetworkPolicyPeer(ApiModel):
+    """Who may connect, as a NetworkPolicy peer: pods by label (in the LAD's namespace, or in the namespaces
+    `namespaceSelector` picks), or whole namespaces by label. `{}` as a selector matches everything."""
+
+    pod_selector: dict[str, str] | None = Field(default=None, description="matchLabels of the client pods.")
+    namespace_selector: dict[str, str] | None = Field(default=None, description="matchLabels of their namespaces.")
+
+
+PROMETHEUS_PEER: dict[str, Any] = {"namespaceSelector": {"kubernetes.io/metadata.name": "monitoring"},
+                                   "podSelector": {"app.kubernetes.io/name": "prometheus"}}
+
+
+def _prometheus_peer() -> NetworkPolicyPeer:
+    return NetworkPolicyPeer.model_validate(PROMETHEUS_PEER)
+
+
+class NetworkPolicySpec(ApiModel):
+    """An operator-rendered NetworkPolicy `<name>-serving`: ingress to every serving pod of the LAD (all revisions,
+    both tracks) only on the vLLM port, only from `clients` and `prometheus`. Needs a CNI that enforces
+    NetworkPolicy. Off by default; turning it off deletes the policy."""
+
+    enabled: bool = False
+    clients: list[NetworkPolicyPeer] | None = Field(
+        default=None, max_length=32,
+        description="Default: pods labelled localattn.dev/client-of=<name> in the LAD's namespace, and every pod in "
+        "namespaces labelled localattn.dev/client-of=<name>.",
+    )
+    prometheus: NetworkPolicyPeer = Field(
+        default_factory=_prometheus_peer, json_schema_extra={"default": PROMETHEUS_PEER},
+        description="Who scrapes /metrics. Default: pods app.kubernetes.io/name=prometheus in the namespace monitoring "
+        "(the kubernetes.io/metadata.name label is set from Kubernetes 1.21 on; label it yourself on 1.20).",
+    )
+
+
+_MAX_LEN = "!has(self.runtime.maxModelLen) || "
+_GUARD = "!has(self.rollout) || !has(self.rollout.postPromotionGuard) || "
+
+
 class LocalAttnDeploymentSpec(ApiModel):
+    model_config = cel(
+        (_MAX_LEN + "self.localAttention.windowSize < self.runtime.maxModelLen",
+         "must be smaller than spec.runtime.maxModelLen; otherwise every layer is global", ".localAttention.windowSize"),
+        (_MAX_LEN + "self.localAttention.sinkTokens + self.localAttention.windowSize <= self.runtime.maxModelLen",
+         "sinkTokens + windowSize must not exceed spec.runtime.maxModelLen", ".localAttention.sinkTokens"),
+        (_MAX_LEN + "self.localAttention.minContextLength <= self.runtime.maxModelLen",
+         "must not exceed spec.runtime.maxModelLen: local attention would never be used",
+         ".localAttention.minContextLength"),
+        (_MAX_LEN + "!has(self.analysis.lengthBuckets) || self.analysis.lengthBuckets.all(b, b < self.runtime.maxModelLen)",
+         "every bucket edge must be below spec.runtime.maxModelLen", ".analysis.lengthBuckets"),
+        ("!self.localAttention.enabled || !self.memory.kvCacheDtype.startsWith('fp8')",
+         "the local-attention kernels read an unquantized KV cache; use auto, bfloat16 or float16, or set "
+         "spec.localAttention.enabled: false", ".memory.kvCacheDtype"),
+        ("!has(self.model.revision) || self.model.uri.startsWith('hf://')", "only meaningful for hf:// models",
+         ".model.revision"),
+        (_GUARD + "self.probe.enabled", "the guard watches the quality probe; set spec.probe.enabled",
+         ".rollout.postPromotionGuard"),
+        (_GUARD + "has(self.analysis.thresholds.maxPerplexityRatio) || has(self.analysis.thresholds.maxExactMatchDrop)",
+         "nothing to guard; set spec.analysis.thresholds.maxPerplexityRatio or maxExactMatchDrop",
+         ".rollout.postPromotionGuard"),
+        ("!has(self.analysis.thresholds.maxPerplexityRatio) || self.probe.enabled",
+         "no metric source; set spec.probe.enabled", ".analysis.thresholds.maxPerplexityRatio"),
+        ("!has(self.analysis.thresholds.maxExactMatchDrop) || self.probe.enabled",
+         "no metric source; set spec.probe.enabled", ".analysis.thresholds.maxExactMatchDrop"),
+    )
+
     model: ModelSource
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     local_attention: LocalAttentionSpec = Field(default_factory=LocalAttentionSpec)
@@ -386,6 +514,9 @@ class LocalAttnDeploymentSpec(ApiModel):
     cost: CostSpec | None = None
     probe: ProbeSpec = Field(default_factory=ProbeSpec)
     paired_comparison: PairedComparisonSpec = Field(default_factory=PairedComparisonSpec)
+    network_policy: NetworkPolicySpec = Field(
+        default_factory=NetworkPolicySpec, description="Only the Service's clients and Prometheus reach the pods."
+    )
 
 
 Phase = Literal["Pending", "Progressing", "Ready", "Degraded", "InvalidSpec"]

@@ -37,11 +37,12 @@ class Inventory:
 
     def arm_revision(self, track: Track) -> str | None:
         dep = self.arms.get(track)
-        return _template_revision(dep) if dep is not None else None
+        return template_revision(dep) if dep is not None else None
 
 
-def _template_revision(dep: dict[str, Any]) -> str | None:
-    labels = ((dep.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {}
+def template_revision(dep: dict[str, Any] | None) -> str | None:
+    """The revision a Deployment's pod template runs (its revision label)."""
+    labels = (((dep or {}).get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {}
     value = labels.get(LABEL_REVISION)
     return str(value) if value else None
 
@@ -72,25 +73,25 @@ def take_inventory(cluster: Cluster, namespace: str, name: str, uid: str) -> Inv
     return inv
 
 
-def _ready(pod: dict[str, Any]) -> bool:
+def is_ready(pod: dict[str, Any]) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
-def _labels(pod: dict[str, Any]) -> dict[str, str]:
-    return (pod.get("metadata") or {}).get("labels") or {}
+def labels_of(obj: dict[str, Any] | None) -> dict[str, str]:
+    return ((obj or {}).get("metadata") or {}).get("labels") or {}
 
 
 def arm_pods(inv: Inventory, track: Track, revision: str | None) -> list[dict[str, Any]]:
-    return [p for p in inv.pods if _labels(p).get(LABEL_TRACK) == track and _labels(p).get(LABEL_REVISION) == revision]
+    return [p for p in inv.pods if labels_of(p).get(LABEL_TRACK) == track and labels_of(p).get(LABEL_REVISION) == revision]
 
 
 def legacy_pods(inv: Inventory) -> list[dict[str, Any]]:
-    return [p for p in inv.pods if LABEL_TRACK not in _labels(p)]
+    return [p for p in inv.pods if LABEL_TRACK not in labels_of(p)]
 
 
 def ready_count(pods: list[dict[str, Any]]) -> int:
-    return sum(1 for p in pods if _ready(p))
+    return sum(1 for p in pods if is_ready(p))
 
 
 def arm_observation(inv: Inventory, track: Track) -> ArmObservation | None:
@@ -98,7 +99,7 @@ def arm_observation(inv: Inventory, track: Track) -> ArmObservation | None:
     dep = inv.arms.get(track)
     if dep is None:
         return None
-    revision = _template_revision(dep)
+    revision = template_revision(dep)
     pods = arm_pods(inv, track, revision)
     failing = pod_problems_of(pods).failing
     looping = [f for f in failing if f.reason == "CrashLoopBackOff"]
@@ -123,7 +124,7 @@ def serving_state(inv: Inventory, desired: int, stable_revision: str | None, ste
     states = [deployment_state_of(d) for d in deployments]
     ready = sum(ready_count(arm_pods(inv, t, inv.arm_revision(t))) for t in inv.arms) + ready_count(legacy_pods(inv))
     stable_dep = inv.arms.get("stable")
-    stable_ok = stable_dep is not None and _template_revision(stable_dep) == stable_revision
+    stable_ok = stable_dep is not None and template_revision(stable_dep) == stable_revision
     updated = len(arm_pods(inv, "stable", stable_revision)) if stable_ok else 0
     deadline = next((s for s in states if s.progress_deadline_exceeded), None)
     return DeploymentState(
@@ -147,7 +148,7 @@ def scrape_targets(inv: Inventory) -> dict[str, list[ScrapeTarget]]:
             ip = (pod.get("status") or {}).get("podIP")
             annotations = (pod.get("metadata") or {}).get("annotations") or {}
             port = annotations.get("prometheus.io/port")
-            if revision and ip and port and str(port).isdigit() and _ready(pod):
+            if revision and ip and port and str(port).isdigit() and is_ready(pod):
                 found.setdefault(revision, []).append(
                     target(pod["metadata"]["name"], ip, int(port), annotations.get("prometheus.io/path", "/metrics")))
     return found
@@ -157,4 +158,4 @@ def serving_problems(inv: Inventory) -> PodProblems:
     return pod_problems_of(inv.pods)
 
 
-__all__ = ["Inventory", "arm_observation", "scrape_targets", "serving_problems", "serving_state", "take_inventory"]
+__all__ = ["Inventory", "arm_observation", "is_ready", "labels_of", "scrape_targets", "serving_problems", "serving_state", "take_inventory", "template_revision"]

@@ -9,6 +9,7 @@ window.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -68,3 +69,27 @@ def summarise(pairs: Sequence[Pair], boundaries: Sequence[int]) -> tuple[PairedF
                                  sum(x.first_divergence for x in scores) / n,
                                  sum(x.logprob_divergence for x in scores) / n))
     return tuple(out)
+
+
+def prompts_from(golden_set: str | None, extra: str | None, limit: int) -> list[str]:
+    """The paired prompts: the golden set's (its exact-match prompts, then its perplexity texts, which run past
+    the window) and the user's (one per line), first `limit` of them, duplicates dropped. Raises ValueError
+    naming what is malformed; an empty result is the caller's error to report."""
+    prompts: list[str] = []
+    if golden_set is not None:
+        try:
+            doc = json.loads(golden_set)
+        except ValueError as exc:
+            raise ValueError(f"the golden set is not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ValueError("the golden set must be a JSON object")
+        items = doc.get("exactMatch") or []
+        texts = doc.get("perplexityTexts") or []
+        if not isinstance(items, list) or not isinstance(texts, list):
+            raise ValueError("the golden set's exactMatch and perplexityTexts must be lists")
+        prompts += [str(i["prompt"]) for i in items if isinstance(i, dict) and isinstance(i.get("prompt"), str)]
+        prompts += [t for t in texts if isinstance(t, str)]
+    if extra is not None:
+        prompts += [line.strip() for line in extra.splitlines() if line.strip()]
+    unique = list(dict.fromkeys(p for p in prompts if p))
+    return unique[:limit]

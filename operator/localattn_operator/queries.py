@@ -13,14 +13,16 @@ Metric names are those the installed vLLM (0.32, `vllm/v1/metrics/loggers.py`) a
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Mapping, Sequence
 from string import Template
 
-# The runtime's per-length-bucket latency histogram and its label (see `bucket_labels` for the values).
-BUCKET_LATENCY_METRIC = "localattn_request_latency_seconds"
-BUCKET_LABEL = "length_bucket"
+import localattn_contract as contract
+
+# The runtime's per-length-bucket latency histogram and its label (see `bucket_labels` for the values): one
+# spelling, the contract's, which the runtime's histogram uses too.
+BUCKET_LATENCY_METRIC = contract.BUCKET_LATENCY_METRIC
+BUCKET_LABEL = contract.BUCKET_LABEL
 PROBE_PERPLEXITY_METRIC = "localattn_probe_perplexity"
 PROBE_EXACT_MATCH_METRIC = "localattn_probe_exact_match"
 PROBE_AGE_METRIC = "localattn_probe_age_seconds"
@@ -58,6 +60,16 @@ TEMPLATES: dict[str, str] = {
         f'avg(avg_over_time({PROBE_EXACT_MATCH_METRIC}{{$sel,{BUCKET_LABEL}="$bucket"}}[$window]))'
     ),
 }
+# The autoscaler's load signals per arm (docs/autoscaling.md): vLLM's gauges smoothed over $window and summed
+# over the arm's pods (`autoscaling_signals.samples_from_totals` turns them back into per-pod samples); its
+# latency targets use p95_e2e and p95_ttft above.
+LOAD_TEMPLATES: dict[str, str] = {
+    "pods_reporting": "count(avg_over_time(vllm:kv_cache_usage_perc{$sel}[$window]))",
+    "waiting_total": "sum(avg_over_time(vllm:num_requests_waiting{$sel}[$window]))",
+    "running_total": "sum(avg_over_time(vllm:num_requests_running{$sel}[$window]))",
+    "kv_usage_total": "sum(avg_over_time(vllm:kv_cache_usage_perc{$sel}[$window]))",
+}
+TEMPLATES.update(LOAD_TEMPLATES)
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _WINDOW = re.compile(r"^[0-9]+[smh]$")
 
@@ -111,27 +123,10 @@ def render(name: str, params: Mapping[str, str]) -> str:
     return Template(TEMPLATES[name]).substitute(values)
 
 
-def default_bucket_boundaries(window_size: int) -> list[int]:
-    """Below the window (local attention changes nothing), up to 4W, and far beyond."""
-    return [window_size, 4 * window_size]
-
-
-def bucket_labels(boundaries: Sequence[int]) -> list[str]:
-    """The `length_bucket` label values, prompt tokens lo <= n < hi: [512, 2048] -> 0-512, 512-2048, 2048-inf.
-
-    The runtime labels its latency histogram and per-bucket probe gauges with exactly these strings.
-    """
-    edges = [0, *boundaries]
-    return [f"{lo}-{hi}" for lo, hi in itertools.pairwise(edges)] + [f"{edges[-1]}-inf"]
-
-
-def bucket_of(prompt_tokens: int, boundaries: Sequence[int]) -> str:
-    """The `length_bucket` label of a prompt of `prompt_tokens` tokens (lo <= n < hi)."""
-    labels = bucket_labels(boundaries)
-    for edge, label in zip(boundaries, labels, strict=False):
-        if prompt_tokens < edge:
-            return label
-    return labels[-1]
+# The bucket edges and labels are the contract's (the runtime labels its histogram with the same strings).
+default_bucket_boundaries = contract.default_bucket_boundaries
+bucket_labels = contract.bucket_labels
+bucket_of = contract.bucket_of
 
 
 def spec_bucket_boundaries(length_buckets: Sequence[int] | None, window_size: int) -> list[int]:

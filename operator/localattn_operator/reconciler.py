@@ -24,20 +24,25 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from localattn_operator import metrics, rollout
+from localattn_operator import autoscaling, metrics, rollout
 from localattn_operator.analysis import AnalysisRequest, Verdict
-from localattn_operator.execute import Executor
+from localattn_operator.autoscaling_signals import Samples
+from localattn_operator.execute import Executor, sync_network_policy
 from localattn_operator.k8s import Cluster, Rejected
-from localattn_operator.measure import measure
+from localattn_operator.measure import PairedRequest, measure, measure_load
 from localattn_operator.metrics_provider import MetricsProvider
-from localattn_operator.models import Condition, LocalAttnDeploymentSpec, RolloutStatus
+from localattn_operator.models import Condition, EndpointPickerRef, LocalAttnDeploymentSpec, RolloutStatus
 from localattn_operator.observe import (
+    Inventory,
     arm_observation,
+    arm_pods,
+    ready_count,
     scrape_targets,
     serving_problems,
     serving_state,
     take_inventory,
 )
+from localattn_operator.paired_inputs import paired_request
 from localattn_operator.providers.scrape import ScrapeProvider, ScrapeTarget
 from localattn_operator.providers.scrape_eval import ScrapeState
 from localattn_operator.render import Owner, definition_of, render_arm, render_config_map, selector_string
@@ -63,11 +68,24 @@ class PassResult:
     rollout: RolloutStatus | None = None
     # The arms' ready pods by revision, when the spec's analysis scrapes them (spec.analysis.provider.scrape).
     scrape_targets: dict[str, list[ScrapeTarget]] | None = None
+    load: LoadRequest | None = None  # spec.autoscaling: measure the load (off the lock) for the next decision
+    paired: PairedRequest | None = None  # spec.pairedComparison: the prompts and one pod per arm for `due`
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What measuring a LAD's load needs: its spec (providers, targets), the ready pods of each arm by revision,
+    and the pods to scrape when the spec's provider scrapes them."""
+
+    spec: LocalAttnDeploymentSpec
+    ready_by_revision: dict[str, int]
+    scrape_targets: dict[str, list[ScrapeTarget]] | None = None
 
 
 class Reconciler:
     def __init__(self, cluster: Cluster, coalesce_seconds: float = 0.3, pending_grace_seconds: float = 60.0,
-                 prometheus_url: str | None = None, measure_threads: int = 4):
+                 prometheus_url: str | None = None, measure_threads: int = 4, autoscale_interval: float = 15.0,
+                 load_window: float = 30.0):
         self._cluster = cluster
         self._coalesce = coalesce_seconds
         self._pending_grace = pending_grace_seconds
@@ -82,6 +100,14 @@ class Reconciler:
         self._scrape_states: dict[Key, ScrapeState] = {}
         self._sampled_at: dict[Key, float] = {}
         self._measure_pool = ThreadPoolExecutor(max_workers=measure_threads, thread_name_prefix="measure")
+        # spec.autoscaling: a load measurement per interval, consumed by the one pass that decides on it (memory
+        # only: the decision's windows and events are in status.autoscaling; a restart just measures again).
+        self._autoscale_interval = autoscale_interval
+        self._load_window = load_window
+        self._loads: dict[Key, tuple[float, Samples]] = {}
+        self._load_started: dict[Key, float] = {}
+        self._load_measuring: set[Key] = set()
+        self._load_scrape_states: dict[Key, ScrapeState] = {}
 
     async def reconcile(self, namespace: str, name: str) -> None:
         key = (namespace, name)
@@ -96,9 +122,13 @@ class Reconciler:
                 metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
             metrics.RECONCILES.labels(result="ok").inc()
         if result.due is not None and result.spec is not None and result.rollout is not None:
-            self._start_measurement(key, result.due, result.spec, result.rollout, result.scrape_targets)
+            self._start_measurement(key, result.due, result.spec, result.rollout, result.scrape_targets,
+                                    result.paired)
         elif result.scrape_targets:
             self._start_sampling(key, result.scrape_targets)
+        if result.load is not None:
+            self._start_load(key, result.load)
+            self.schedule(namespace, name, delay=self._autoscale_interval)  # the next decision (earliest wins)
         if result.requeue_after is not None:
             self.schedule(namespace, name, delay=result.requeue_after)
 
@@ -122,14 +152,15 @@ class Reconciler:
         future.add_done_callback(lambda _f: self._measuring.discard(key))
 
     def _start_measurement(self, key: Key, due: AnalysisRequest, spec: LocalAttnDeploymentSpec,
-                           status: RolloutStatus, targets: dict[str, list[ScrapeTarget]] | None = None) -> None:
+                           status: RolloutStatus, targets: dict[str, list[ScrapeTarget]] | None = None,
+                           paired: PairedRequest | None = None) -> None:
         if key in self._measuring or (key in self._verdicts and self._verdicts[key].request == due):
             return
         self._measuring.add(key)
         loop = asyncio.get_running_loop()
         self._sampled_at[key] = loop.time()  # measuring scrapes too: that is the next window's start
         future = loop.run_in_executor(self._measure_pool, _timed_measure, due, spec, status, key[0], key[1],
-                                      self._prometheus_url, self._scrape_provider(key, targets))
+                                      self._prometheus_url, self._scrape_provider(key, targets), paired)
 
         def done(f: asyncio.Future[Verdict]) -> None:
             self._measuring.discard(key)
@@ -142,6 +173,40 @@ class Reconciler:
             self.schedule(*key, delay=0.0)
 
         future.add_done_callback(done)
+
+    def _start_load(self, key: Key, request: LoadRequest) -> None:
+        """Measure the LAD's load once per decision interval, off the lock; the result triggers a pass at once."""
+        now = time.monotonic()
+        if key in self._load_measuring or now - self._load_started.get(key, -1e9) < 0.9 * self._autoscale_interval:
+            return
+        scrape = None
+        if request.scrape_targets is not None:
+            state = self._load_scrape_states.setdefault(key, ScrapeState())
+            state.forget_except({t.url for arm in request.scrape_targets.values() for t in arm})
+            scrape = ScrapeProvider(request.scrape_targets, state)
+        self._load_measuring.add(key)
+        self._load_started[key] = now
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._measure_pool, measure_load, request.spec, key[0], key[1],
+                                      request.ready_by_revision, self._load_window, self._prometheus_url, scrape)
+
+        def done(f: asyncio.Future[Samples]) -> None:
+            self._load_measuring.discard(key)
+            try:
+                self._loads[key] = (time.monotonic(), f.result())
+            except Exception:
+                log.exception("measuring the load of %s/%s failed; the decision holds", *key)
+                return
+            self.schedule(*key, delay=0.0)
+
+        future.add_done_callback(done)
+
+    def _fresh_load(self, key: Key) -> Samples | None:
+        """The load measured since the last decision (taken: each is decided on once), if recent enough."""
+        found = self._loads.pop(key, None)
+        if found is None or time.monotonic() - found[0] > 3 * self._autoscale_interval:
+            return None
+        return found[1]
 
     def schedule(self, namespace: str, name: str, delay: float | None = None) -> None:
         """Reconcile after `delay` seconds (default: the coalescing delay). Of several requests the earliest wins;
@@ -173,6 +238,8 @@ class Reconciler:
         self._verdicts.pop(key, None)
         self._scrape_states.pop(key, None)
         self._sampled_at.pop(key, None)
+        for memory in (self._loads, self._load_started, self._load_scrape_states):
+            memory.pop(key, None)
 
     def reconcile_now(self, namespace: str, name: str) -> PassResult:
         cluster = self._cluster
@@ -196,16 +263,23 @@ class Reconciler:
         except SpecError as exc:
             obs.problems = exc.problems
         definition = definition_of(spec) if spec is not None else None
-        if spec is not None and definition is not None and definition.revision not in inv.records:
+        damaged = inv.records.get(definition.revision) if definition is not None else None
+        if damaged is not None and damaged.definition is not None:
+            damaged = None
+        if spec is not None and definition is not None and (definition.revision not in inv.records or damaged):
             # A new revision: the apiserver must accept what it renders before anything of it is written, so a
-            # refused spec never leaves half its children behind (the running version keeps serving).
+            # refused spec never leaves half its children behind (the running version keeps serving). A record
+            # of the spec's revision edited by hand (its content no longer hashes to its name) is rebuilt from
+            # the spec, keeping its number (a ControllerRevision's data is immutable: deleted, then created).
             try:
                 cluster.plan_apply(render_config_map(owner, definition))
                 cluster.plan_apply(render_arm(owner, definition, "canary", spec.replicas))
             except Rejected as exc:
                 obs.rejected = [f"{exc.child} rejected by the apiserver: {exc.message}"]
             else:
-                number = next_number(inv.records.values())
+                number = damaged.number if damaged is not None else next_number(inv.records.values())
+                if damaged is not None:
+                    cluster.delete("apps/v1", "ControllerRevision", namespace, damaged.name)
                 cluster.apply(render_record(owner, definition, number))
                 inv.records[definition.revision] = Record(record_name(name, definition.revision), definition.revision,
                                                           number, definition)
@@ -223,21 +297,36 @@ class Reconciler:
             recorded_revisions=frozenset(r for r, rec in inv.records.items() if rec.definition is not None),
             annotations=meta.get("annotations") or {}, verdict=verdict, router_weight=router_weight,
         )
-        # Autoscaling (docs/autoscaling.md, not wired here yet) hooks in before the decision: it decides the LAD's
-        # total and writes it to spec.replicas through the scale subresource; rollout.step splits spec.replicas.
+        # Autoscaling (docs/autoscaling.md) decides the LAD's total; rollout.step splits it between the arms by the
+        # weight. The total is written to status.autoscaling, then to spec.replicas (the scale subresource).
+        scaling = None
+        if valid is not None and valid.autoscaling is not None and not {"autoscaling", "rollout"} & set(unreadable):
+            scaling = autoscaling.plan(valid.autoscaling, valid.replicas, previous.autoscaling,
+                                       self._fresh_load((namespace, name)), sum(_ready_by_revision(inv).values()),
+                                       serving_problems(inv).pending, now)
+            valid = valid.model_copy(update={"replicas": scaling.decision.desired})
         hold = "rollout" in unreadable  # never act on rollout state we cannot read
+        unusable: list[str] = []  # revisions the plan needs whose records cannot be rendered from
         decision = rollout.step(before, observation, valid if not hold else None, now)
+        decision = rollout.hold_for_router(before, decision, router_error)  # the route unreadable: nothing moves
         if not hold:
             surge = resolve_surge(rollout_spec(valid).max_surge, valid.replicas) if valid is not None else 1
             keep = {observation.spec_revision} if observation.spec_revision else set()
-            done = Executor(cluster, owner, inv, before, router).run(decision, surge, history_limit(valid), keep)
-            router_error = router_error or done.router_error
+            deadline = rollout_spec(valid).progress_deadline_seconds if valid is not None else None
+            done = Executor(cluster, owner, inv, before, router, _pool_picker(valid)).run(decision, surge, history_limit(valid), keep,
+                                                                     deadline)
+            if done.router_error is not None:  # the route refused the weights: the executor changed nothing
+                router_error = done.router_error
+                decision = rollout.hold_for_router(before, decision, router_error)
             obs.applied = done.applied
             obs.rejected = obs.rejected or done.rejected
             if done.missing_records:
                 log.warning("%s/%s: no usable revision record for %s", namespace, name, done.missing_records)
+                unusable = sorted(set(done.missing_records))
             if done.changed:
                 inv = take_inventory(cluster, namespace, name, owner.uid)
+            if valid is not None:  # an invalid spec leaves the policy as it is, like the arms
+                obs.rejected = obs.rejected or sync_network_policy(cluster, owner, valid)
         st = decision.status
         steady = st.phase in STEADY and st.canary_revision is None and st.draining_revision is None
         obs.revision = st.stable_revision
@@ -248,12 +337,21 @@ class Reconciler:
             obs.pending, obs.failing = problems.pending, problems.failing
         status, events = compute(obs)
         status.rollout = st
+        if scaling is not None:
+            status.autoscaling = scaling.status
+            events.extend(scaling.events)
+        elif valid is None or "rollout" in unreadable:
+            status.autoscaling = previous.autoscaling  # not decided this pass: the record stays as it is
         status.canary_weight, status.p95_latency_seconds, status.quality = printer_columns(st)
         status.conditions = _rollout_conditions(status.conditions, previous.conditions, st, now, obs.generation,
                                                 router_error)
         earlier = next((c for c in previous.conditions if c.type == "Degraded"), None)
         if router_error and (earlier is None or earlier.reason != "TrafficRouterError" or earlier.message != router_error):
             events.append(Event("Warning", "TrafficRouterError", router_error))
+        if unusable:  # an arm the rollout needs has no record to render from (deleted or edited by hand)
+            events.append(Event("Warning", "RevisionRecordUnusable",
+                                f"no usable revision record for {', '.join(unusable)}: its arm is left as it is; "
+                                "restore the ControllerRevision or change the spec to roll out a new revision"))
         # Events before the status that records their transition: a crash in between repeats them on the
         # next pass (under the same name, so the apiserver drops the copy) instead of losing them.
         for event in [*events, *decision.events]:
@@ -265,24 +363,68 @@ class Reconciler:
                 patch.pop(field_name, None)  # never replace rollout state we cannot read with a default
         if patch != status_patch(previous) or unreadable:
             cluster.patch_status(namespace, name, patch)
+        if scaling is not None:
+            _write_scale(cluster, namespace, name, scaling)
         consumed = verdict is not None and st.last_analysis != before.last_analysis
         metrics.observe_rollout(namespace, name, event_reasons=[e.reason for e in decision.events],
                                 achieved_weight=st.achieved_weight,
-                                gates=[(g.gate, g.phase) for g in verdict.gates] if consumed and verdict else [])
+                                gates=[(g.gate, g.phase) for g in verdict.gates] if consumed and verdict else [],
+                                step=st.step_index + 1 if st.canary_revision is not None else 0,
+                                paired=[(p.bucket, p.agreement) for p in verdict.window.paired
+                                        if p.agreement is not None] if consumed and verdict else [])
         due = analysis_due(st, valid, now) if valid is not None else None
         if verdict is not None and verdict.request != due:
             self._verdicts.pop((namespace, name), None)  # consumed, or no longer asked for
-        scraping = valid is not None and valid.analysis.provider.scrape is not None and st.canary_revision is not None
-        return PassResult(decision.requeue_after, due, valid, st, scrape_targets(inv) if scraping else None)
+        # Sampled whenever an analysis will be due (a canary, or the post-promotion guard on the new stable): a
+        # window's rate needs a snapshot from its start.
+        scraping = valid is not None and valid.analysis.provider.scrape is not None \
+            and (st.canary_revision is not None or due is not None)
+        load = None
+        if scaling is not None and valid is not None:
+            load = LoadRequest(valid, _ready_by_revision(inv),
+                               scrape_targets(inv) if valid.analysis.provider.scrape is not None else None)
+        paired = paired_request(cluster, namespace, valid, inv, due) \
+            if due is not None and due.kind == "canary" and valid is not None and valid.paired_comparison.enabled \
+            else None
+        return PassResult(decision.requeue_after, due, valid, st, scrape_targets(inv) if scraping else None, load,
+                          paired)
+
+
+def _ready_by_revision(inv: Inventory) -> dict[str, int]:
+    """Ready serving pods of each arm, by revision (the autoscaler's samples come from these)."""
+    found: dict[str, int] = {}
+    for track in inv.arms:
+        revision = inv.arm_revision(track)
+        if revision:
+            found[revision] = found.get(revision, 0) + ready_count(arm_pods(inv, track, revision))
+    return found
+
+
+def _write_scale(cluster: Cluster, namespace: str, name: str, scaling: autoscaling.AutoscalePlan) -> None:
+    """After status.autoscaling records the decision: spec.replicas through the scale subresource, and the
+    decision's metrics (a pass without a new measurement counts no decision)."""
+    if scaling.replicas is not None:
+        cluster.scale_lad(namespace, name, scaling.replicas)
+    d = scaling.decision
+    if scaling.measured or d.direction != "hold":
+        metrics.observe_autoscaling(namespace, name, desired=d.desired, direction=d.direction, signal=d.signal,
+                                    headroom=scaling.status.headroom_per_replica, gpu_limited=d.gpu_limited)
 
 
 def _timed_measure(due: AnalysisRequest, spec: LocalAttnDeploymentSpec, status: RolloutStatus, namespace: str,
-                   name: str, prometheus_url: str | None, scrape: MetricsProvider | None) -> Verdict:
+                   name: str, prometheus_url: str | None, scrape: MetricsProvider | None,
+                   paired: PairedRequest | None = None) -> Verdict:
     started = time.perf_counter()
     try:
-        return measure(due, spec, status, namespace, name, prometheus_url, scrape)
+        return measure(due, spec, status, namespace, name, prometheus_url, scrape, paired)
     finally:
         metrics.ANALYSIS_SECONDS.observe(time.perf_counter() - started)
+
+
+def _pool_picker(spec: LocalAttnDeploymentSpec | None) -> EndpointPickerRef | None:
+    """The Endpoint Picker of a gatewayAPI router whose backends are InferencePools (None: Services)."""
+    chosen = spec.rollout.router.gateway_api if spec is not None and spec.rollout is not None else None
+    return chosen.endpoint_picker if chosen is not None and chosen.backend_kind == "InferencePool" else None
 
 
 def _router(cluster: Cluster, spec: LocalAttnDeploymentSpec | None, namespace: str,
@@ -291,8 +433,6 @@ def _router(cluster: Cluster, spec: LocalAttnDeploymentSpec | None, namespace: s
     chosen = spec.rollout.router.gateway_api if spec is not None and spec.rollout is not None else None
     if chosen is None:
         return None, None, None
-    if chosen.backend_kind != "Service":
-        return None, None, "gatewayAPI backendKind InferencePool is not wired into the operator yet; traffic unchanged"
     router = GatewayAPIRouter(chosen.http_route, cluster.get_route, cluster.patch_route, chosen.backend_kind)
     try:
         return router, router.achieved_weight(namespace, name), None

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import localattn_contract as contract
 from localattn_operator import models
-from localattn_operator.models import LocalAttnDeploymentSpec
+from localattn_operator.models import EndpointPickerRef, LocalAttnDeploymentSpec
 from localattn_operator.quantity import quantity_to_bytes
 from localattn_operator.validation import parse_model_uri
 from localattn_operator.weights import deployment_strategy
@@ -43,8 +43,10 @@ RUNTIME_VOLUME = "runtime-config"
 SCRAPE_PORT_NAME = "http"
 UID = 65532  # a high non-root UID; the runtime images (Dockerfile.runtime-*) run as the same user
 # How long the deployment controller waits for a rollout to progress before it reports
-# ProgressDeadlineExceeded (which the status then reports as Degraded). Model loading is slow: 10 minutes.
+# ProgressDeadlineExceeded (which the status then reports as Degraded), when the spec cannot say (invalid):
+# the default of spec.rollout.progressDeadlineSeconds. Model loading is slow: 10 minutes.
 PROGRESS_DEADLINE_SECONDS = 600
+INFERENCE_POOL_API_VERSION = "inference.networking.k8s.io/v1"  # the Inference Extension's GA API (v1.0)
 # The downward API env of the serving container (validation.RESERVED_ENV lists every name the operator sets, so
 # a spec cannot set one twice). POD_IP feeds `--host $(POD_IP)`: vLLM listens on the pod's own address only,
 # where the probes and the Service reach it (kubelet expands $(VAR) in args from the container's env).
@@ -152,6 +154,8 @@ def runtime_config(spec: LocalAttnDeploymentSpec) -> dict[str, Any]:
     }
     if local.calibration_plan is not None:
         out["planFile"] = f"{PLAN_DIR}/{local.calibration_plan.key}"
+    if spec.analysis.length_buckets:  # the runtime's latency histogram then has the buckets the analysis queries
+        out["lengthBuckets"] = list(spec.analysis.length_buckets)
     return out
 
 
@@ -301,8 +305,10 @@ def _neutral_pod_template(spec: LocalAttnDeploymentSpec) -> dict[str, Any]:
         "resources": resources,
         "volumeMounts": mounts,
         # Model loading can take many minutes; liveness only starts once startup succeeded.
-        "startupProbe": _probe("/health", SCRAPE_PORT_NAME, 10, 180),
-        "readinessProbe": _probe("/health", SCRAPE_PORT_NAME, 5, 3),
+        # Probed every 2 s: a pod is Ready within ~2 s of vLLM answering (every 10 s added up to 10 s to each
+        # start, and so to every rollout step); 900 failures keep the 30 min allowance for slow model loads.
+        "startupProbe": _probe("/health", SCRAPE_PORT_NAME, 2, 900),
+        "readinessProbe": _probe("/health", SCRAPE_PORT_NAME, 2, 8),
         "livenessProbe": _probe("/health", SCRAPE_PORT_NAME, 15, 4),
         "securityContext": {
             "runAsNonRoot": True,
@@ -374,8 +380,11 @@ def pod_labels(owner_name: str, revision: str, track: Track) -> dict[str, str]:
     return {**common_labels(owner_name), LABEL_REVISION: revision, LABEL_TRACK: track}
 
 
-def render_arm(owner: Owner, definition: RevisionDefinition, track: Track, replicas: int, surge: int = 1) -> dict[str, Any]:
-    """One arm's Deployment (`replicas` 0 is kept, not deleted: the arm exists while the rollout needs it)."""
+def render_arm(owner: Owner, definition: RevisionDefinition, track: Track, replicas: int, surge: int = 1,
+               progress_deadline: int = PROGRESS_DEADLINE_SECONDS) -> dict[str, Any]:
+    """One arm's Deployment (`replicas` 0 is kept, not deleted: the arm exists while the rollout needs it).
+    `progress_deadline` is the LAD's `spec.rollout.progressDeadlineSeconds`: an arm never available that long
+    gets the deployment controller's ProgressDeadlineExceeded, which the status reports as Degraded."""
     metadata = _metadata(owner, arm_name(owner.name, track), definition.revision)
     metadata["labels"][LABEL_TRACK] = track
     return {
@@ -386,7 +395,7 @@ def render_arm(owner: Owner, definition: RevisionDefinition, track: Track, repli
             "replicas": replicas,
             "selector": {"matchLabels": arm_selector(owner.name, track)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": deployment_strategy(surge)},
-            "progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS,
+            "progressDeadlineSeconds": progress_deadline,
             "revisionHistoryLimit": 3,
             "template": arm_pod_template(owner, definition, track),
         },
@@ -420,6 +429,70 @@ def arm_service(owner: Owner, stable: RevisionDefinition, track: Track) -> dict[
     service["metadata"]["labels"][LABEL_TRACK] = track
     service["spec"]["selector"] = arm_selector(owner.name, track)
     return service
+
+
+def arm_inference_pool(owner: Owner, stable: RevisionDefinition, track: Track,
+                       picker: EndpointPickerRef) -> dict[str, Any]:
+    """One arm's InferencePool (Gateway API Inference Extension v1), the gatewayAPI router's backendRef when
+    `backendKind: InferencePool`: the arm's pods on the serving port, scheduled by the user's Endpoint Picker."""
+    port = int(stable.pod_template["spec"]["containers"][0]["ports"][0]["containerPort"])
+    metadata = _metadata(owner, arm_name(owner.name, track), stable.revision)
+    metadata["labels"][LABEL_TRACK] = track
+    return {
+        "apiVersion": INFERENCE_POOL_API_VERSION,
+        "kind": "InferencePool",
+        "metadata": metadata,
+        "spec": {
+            "selector": {"matchLabels": arm_selector(owner.name, track)},
+            "targetPorts": [{"number": port}],
+            "endpointPickerRef": {"name": picker.name, "port": {"number": picker.port},
+                                  "failureMode": picker.failure_mode},
+        },
+    }
+
+
+def network_policy_name(owner_name: str) -> str:
+    return f"{owner_name}-serving"
+
+
+def default_clients(owner_name: str) -> list[dict[str, Any]]:
+    """Without `spec.networkPolicy.clients`: pods that say they are this LAD's clients, here or in a namespace
+    that says so. The name is the label's *value* (a key `client-of-<name>` would overflow 63 characters for
+    long LAD names); a namespace serving several LADs is listed in `clients` instead."""
+    label = {"localattn.dev/client-of": owner_name}
+    return [{"podSelector": {"matchLabels": label}}, {"namespaceSelector": {"matchLabels": dict(label)}}]
+
+
+def _peer(peer: models.NetworkPolicyPeer) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if peer.namespace_selector is not None:
+        out["namespaceSelector"] = {"matchLabels": dict(peer.namespace_selector)}
+    if peer.pod_selector is not None:
+        out["podSelector"] = {"matchLabels": dict(peer.pod_selector)}
+    return out
+
+
+def render_network_policy(owner: Owner, spec: LocalAttnDeploymentSpec) -> dict[str, Any] | None:
+    """The LAD's NetworkPolicy, or None when `spec.networkPolicy` is off. It selects the serving pods by the LAD
+    label (every revision, both tracks) and opens the *named* vLLM port, so arms whose revisions listen on
+    different port numbers are both covered; it is not part of any revision (a policy change rolls nothing)."""
+    policy = spec.network_policy
+    if not policy.enabled:
+        return None
+    clients = [_peer(p) for p in policy.clients] if policy.clients is not None else default_clients(owner.name)
+    metadata = _metadata(owner, network_policy_name(owner.name), "")
+    metadata["labels"].pop(LABEL_REVISION)
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata,
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(owner.name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [*clients, _peer(policy.prometheus)],
+                         "ports": [{"protocol": "TCP", "port": SCRAPE_PORT_NAME}]}],
+        },
+    }
 
 
 def render_service(owner: Owner, spec: LocalAttnDeploymentSpec, revision: str | None = None) -> dict[str, Any]:

@@ -254,11 +254,7 @@ def step(previous: RolloutStatus | None, obs: Observation, spec: LocalAttnDeploy
     """One decision. `spec` is None when the spec is invalid: everything is held as last planned."""
     prev = previous if previous is not None else initial_status(None)
     if spec is None or obs.spec_revision is None:
-        held = tuple(a for a in (ArmPlan("stable", prev.stable_revision or "", prev.stable_replicas),
-                                 ArmPlan("canary", prev.canary_revision or prev.draining_revision or "",
-                                         prev.canary_replicas))
-                     if a.revision)
-        return Decision(held, RouteWeights(100 - prev.desired_weight, prev.desired_weight), prev)
+        return held(prev)
     p = _Pass(prev, obs, spec, now)
     if p.st.stable_revision is None:
         p.st.stable_revision = obs.spec_revision
@@ -275,5 +271,31 @@ def step(previous: RolloutStatus | None, obs: Observation, spec: LocalAttnDeploy
     return Decision(arms, weights, p.st, tuple(p.events), tuple(p.conditions), p.requeue)
 
 
+def held(previous: RolloutStatus, requeue_after: float | None = None) -> Decision:
+    """Everything as last planned: the arms, the weights, the status (an invalid spec; a failing router)."""
+    arms = tuple(a for a in (ArmPlan("stable", previous.stable_revision or "", previous.stable_replicas),
+                             ArmPlan("canary", previous.canary_revision or previous.draining_revision or "",
+                                     previous.canary_replicas))
+                 if a.revision)
+    return Decision(arms, RouteWeights(100 - previous.desired_weight, previous.desired_weight), previous,
+                    requeue_after=requeue_after)
+
+
+def in_flight(status: RolloutStatus) -> bool:
+    """A canary runs, drains or is being promoted or rolled back: the route's weights matter."""
+    return status.phase not in STEADY or status.canary_revision is not None or status.draining_revision is not None
+
+
+def hold_for_router(previous: RolloutStatus, decision: Decision, router_error: str | None) -> Decision:
+    """While the gatewayAPI router fails (the route or its CRD missing, the patch refused, the weights not read
+    back) a rollout does not move: no step, no promotion, no rollback, no arm scaled, until the route works
+    again (retried every POLL_SECONDS). Traffic is whatever the route carries, so moving pods under it could
+    send requests to pods that are gone. A LAD with no rollout before or after the pass is not held (its route
+    carries 100/0 however it is, and a scale change still applies)."""
+    if router_error is None or not (in_flight(previous) or in_flight(decision.status)):
+        return decision
+    return held(previous, POLL_SECONDS)
+
+
 __all__ = ["ArmObservation", "ArmPlan", "ConditionChange", "Decision", "Observation", "analysis_due",
-           "initial_status", "printer_columns", "protected_revisions", "step"]
+           "held", "hold_for_router", "in_flight", "initial_status", "printer_columns", "protected_revisions", "step"]

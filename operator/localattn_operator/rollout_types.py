@@ -122,4 +122,10 @@ def printer_columns(status: RolloutStatus) -> tuple[int | None, float | None, fl
     if last is not None and not canary and last.canary.revision == status.stable_revision:
         arm = last.canary  # a guard measurement: the "canary" slot holds the current stable
     return (status.achieved_weight if canary else None,
-            arm.p95_latency_seconds if arm else None, arm.probe_exact_match if arm else None)
+            _column(arm.p95_latency_seconds if arm else None), _column(arm.probe_exact_match if arm else None))
+
+
+def _column(value: float | None) -> float | None:
+    """Three decimals: `kubectl get` prints a number column as is (0.23761904761904762 helps nobody); the full
+    figure stays in status.rollout.lastAnalysis."""
+    return None if value is None else round(value, 3)

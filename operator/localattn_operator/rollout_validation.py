@@ -59,12 +59,20 @@ def rollout_problems(spec: LocalAttnDeploymentSpec) -> list[str]:
             problems.append(f"spec.rollout.maxSurge: {exc}")
             surge = None
         weights = [s.set_weight for s in ro.effective_steps() if s.set_weight is not None and s.set_weight < 100]
-        if surge == 0 and spec.replicas == 1 and weights:
+        # With spec.autoscaling the operator may set spec.replicas down to minReplicas: judge that count, so its
+        # own scale-down never turns the spec invalid.
+        lowest, what = (spec.autoscaling.min_replicas, "spec.autoscaling.minReplicas") \
+            if spec.autoscaling is not None else (spec.replicas, "spec.replicas")
+        if surge == 0 and lowest == 1 and weights:
             problems.append(
-                f"spec.rollout.maxSurge: 0 with spec.replicas 1 leaves no pod for stable once the canary runs: it "
+                f"spec.rollout.maxSurge: 0 with {what} 1 leaves no pod for stable once the canary runs: it "
                 f"would take all traffic at setWeight {weights[0]}; allow a surge or add replicas"
             )
         problems.append(_duration_problem("spec.rollout.postPromotionGuard", ro.post_promotion_guard) or "")
+        gateway = ro.router.gateway_api
+        if gateway is not None and gateway.backend_kind == "InferencePool" and gateway.endpoint_picker is None:
+            problems.append("spec.rollout.router.gatewayAPI.endpointPicker: backendKind InferencePool needs "
+                            "endpointPicker (the pools' spec.endpointPickerRef)")
         t = spec.analysis.thresholds
         if ro.post_promotion_guard is not None and not spec.probe.enabled:
             problems.append("spec.rollout.postPromotionGuard: the guard watches the quality probe; set spec.probe.enabled")
@@ -84,13 +92,12 @@ def _analysis_problems(spec: LocalAttnDeploymentSpec) -> list[str]:
     for name, value in (("maxPerplexityRatio", t.max_perplexity_ratio), ("maxExactMatchDrop", t.max_exact_match_drop)):
         if value is not None and not spec.probe.enabled:
             problems.append(f"spec.analysis.thresholds.{name}: no metric source; set spec.probe.enabled")
-    if spec.paired_comparison.enabled:
-        # Refused rather than accepted and left to hold: the executor does not send the paired prompts yet, so
-        # every window would be an Error and the rollout would roll back after the error limit.
-        problems.append("spec.pairedComparison.enabled: not available in this operator version yet; leave it false")
-    if t.min_agreement is not None:
-        problems.append("spec.analysis.thresholds.minAgreement: no metric source (the paired comparison is not "
-                        "available in this operator version yet)")
+    if spec.paired_comparison.enabled and spec.probe.golden_set is None and spec.paired_comparison.prompts is None:
+        # The runtime's built-in golden set lives in the runtime image, out of the operator's reach.
+        problems.append("spec.pairedComparison.enabled: no prompts; set spec.probe.goldenSet or "
+                        "spec.pairedComparison.prompts")
+    if t.min_agreement is not None and not spec.paired_comparison.enabled:
+        problems.append("spec.analysis.thresholds.minAgreement: no metric source; set spec.pairedComparison.enabled")
     url = a.provider.prometheus.url if a.provider.prometheus is not None else None
     if url is not None and re.match(r"^https?://[^\s/@]*@", url):
         # Not echoed: the userinfo is a credential, and secrets are passed by reference only.

@@ -30,6 +30,20 @@ class Settings:
     prometheus_url: str | None = None
     # Threads measuring analysis windows (slow metric queries never run on the reconcile threads).
     measure_threads: int = 4
+    # Leader election (leader.py): the namespace of the Lease (the chart sets the operator's own); None: this
+    # process is the only operator (a local run), nothing elected.
+    leader_election_namespace: str | None = None
+    lease_name: str = "localattn-operator"
+    lease_duration_seconds: float = 15.0
+    renew_deadline_seconds: float = 10.0
+    retry_period_seconds: float = 2.0
+    leader_identity: str | None = None  # default: HOSTNAME (the pod's name) plus a random suffix
+    # kopf's liveness endpoint (`--liveness`): a follower answers on it itself while kopf waits to start.
+    liveness_endpoint: str | None = None
+    # spec.autoscaling: a decision on freshly measured load this often (the HPA's sync period), each over vLLM's
+    # gauges averaged across this window (smooths a scrape's noise; short enough to see a step within it).
+    autoscale_interval_seconds: float = 15.0
+    autoscale_window_seconds: float = 30.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -51,4 +65,13 @@ class Settings:
             kubeconfig=env("LOCALATTN_KUBECONFIG") or None,
             prometheus_url=env("LOCALATTN_PROMETHEUS_URL") or None,
             measure_threads=int(env("LOCALATTN_MEASURE_THREADS", cls.measure_threads)),
+            leader_election_namespace=env("LOCALATTN_LEADER_ELECTION_NAMESPACE") or None,
+            lease_name=env("LOCALATTN_LEASE_NAME") or cls.lease_name,
+            lease_duration_seconds=float(env("LOCALATTN_LEASE_DURATION_SECONDS", cls.lease_duration_seconds)),
+            renew_deadline_seconds=float(env("LOCALATTN_RENEW_DEADLINE_SECONDS", cls.renew_deadline_seconds)),
+            retry_period_seconds=float(env("LOCALATTN_RETRY_PERIOD_SECONDS", cls.retry_period_seconds)),
+            leader_identity=env("LOCALATTN_LEADER_IDENTITY") or None,
+            liveness_endpoint=env("LOCALATTN_LIVENESS_ENDPOINT") or None,
+            autoscale_interval_seconds=float(env("LOCALATTN_AUTOSCALE_INTERVAL_SECONDS", cls.autoscale_interval_seconds)),
+            autoscale_window_seconds=float(env("LOCALATTN_AUTOSCALE_WINDOW_SECONDS", cls.autoscale_window_seconds)),
         )

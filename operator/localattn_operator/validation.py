@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from localattn_operator.models import LocalAttnDeploymentSpec, parse_spec
+from localattn_operator.models import RESERVED_ENV, LocalAttnDeploymentSpec, parse_spec
 from localattn_operator.quantity import parse_quantity
 from localattn_operator.rollout_validation import rollout_problems
 
@@ -21,10 +21,8 @@ _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _GPU = "nvidia.com/gpu"
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")  # what the apiserver accepts for an env var name
-# Env the operator sets on every serving container itself (render.py); a duplicate is rejected by the
-# apiserver only when the Deployment is applied, so it is caught here, naming the field.
-RESERVED_ENV = ("LOCALATTN_CONFIG", "HOME", "HF_HOME", "POD_IP", "POD_NAME", "POD_NAMESPACE")
-# ... and what it sets for a model source with credentials.
+# models.RESERVED_ENV: env the operator sets on every serving container itself; and what it sets for a model
+# source with credentials (reserved only then).
 SOURCE_ENV = {"hf": "HF_TOKEN", "s3": "AWS_SHARED_CREDENTIALS_FILE"}
 
 
@@ -74,7 +72,13 @@ def parse_model_uri(uri: str) -> ModelLocation:
 def _format_pydantic(err: ValidationError) -> list[str]:
     problems = []
     for item in err.errors():
-        where = "spec." + ".".join(str(p) for p in item["loc"]) if item["loc"] else "spec"
+        loc = list(item["loc"])
+        if item["type"] == "extra_forbidden" and loc and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", str(loc[-1])):
+            # An unknown key that is not a plain name is quoted, not joined into the path (dots, spaces, empty).
+            where = ".".join(["spec", *(str(p) for p in loc[:-1])])
+            problems.append(f"{where}: unknown field {str(loc[-1])!r}")
+            continue
+        where = "spec." + ".".join(str(p) for p in loc) if loc else "spec"
         problems.append(f"{where}: {item['msg']}")
     return problems
 
@@ -140,12 +144,13 @@ def cross_field_problems(spec: LocalAttnDeploymentSpec) -> list[str]:
     if request is not None and _quantity_as_int(request) != gpus:
         problems.append(f"spec.runtime.resources.requests[{_GPU}] must equal limits[{_GPU}] (GPUs can't overcommit)")
     names = [e.name for e in spec.runtime.env]
-    for e in spec.runtime.env:
+    for i, e in enumerate(spec.runtime.env):
         if (e.value is None) == (e.secret_key_ref is None):
-            problems.append(f"spec.runtime.env[{e.name}]: set exactly one of value or secretKeyRef")
+            problems.append(f"spec.runtime.env[{i}]: set exactly one of value or secretKeyRef ({e.name})")
     if len(set(names)) != len(names):
         problems.append("spec.runtime.env: duplicate variable names")
     problems += _resource_and_env_problems(spec, location)
+    problems += pod_field_problems(spec)
     problems += autoscaling_problems(spec)
     problems += rollout_problems(spec)
     return problems
@@ -191,6 +196,109 @@ def _resource_and_env_problems(spec: LocalAttnDeploymentSpec, location: ModelLoc
                 f"(reserved: {', '.join(sorted(reserved))})"
             )
     return problems
+
+
+# The apiserver's own syntax for what the spec copies into the pod template (apimachinery's validation): found
+# by tests/operator/test_spec_fuzz.py, whose accepted specs must all pass a server-side dry run.
+_NAME_PART = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_QUALIFIED = re.compile(rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_NAME_PART}$")  # label keys, resource names
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+_STANDARD_RESOURCES = {"cpu", "memory", "ephemeral-storage"}
+
+
+def _qualified(key: str) -> bool:
+    return bool(_QUALIFIED.match(key)) and len(key.rpartition("/")[0]) <= 253
+
+
+def _key_problem(path: str, key: str) -> str | None:
+    """A ConfigMap/Secret key (it also becomes a file name in the pod)."""
+    if not _CONFIG_KEY.match(key) or key in (".", "..") or key.startswith(".."):
+        return f"{path}: {key!r} is not a valid key (letters, digits, '-', '_', '.'; not '.' or '..')"
+    return None
+
+
+def _name_problem(path: str, name: str, kind: str) -> str | None:
+    if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+        return f"{path}: {name!r} is not a valid {kind} name (a lowercase DNS subdomain)"
+    return None
+
+
+def pod_field_problems(spec: LocalAttnDeploymentSpec) -> list[str]:
+    """What the spec copies into the pod template verbatim, checked with the apiserver's own rules: scheduling
+    (nodeSelector, tolerations), resource names and the references to Secrets and ConfigMaps."""
+    problems: list[str | None] = []
+    runtime = spec.runtime
+    for key, value in runtime.node_selector.items():
+        if not _qualified(key):
+            problems.append(f"spec.runtime.nodeSelector[{key}]: not a valid label key")
+        if not _LABEL_VALUE.match(value):
+            problems.append(f"spec.runtime.nodeSelector[{key}]: {value!r} is not a valid label value (at most 63 "
+                            "letters, digits, '-', '_', '.', starting and ending alphanumeric)")
+    for i, t in enumerate(runtime.tolerations):
+        path = f"spec.runtime.tolerations[{i}]"
+        if t.key and not _qualified(t.key):
+            problems.append(f"{path}.key: {t.key!r} is not a valid label key")
+        if not t.key and t.operator != "Exists":
+            problems.append(f"{path}.operator: must be Exists when key is empty (which matches every taint)")
+        if t.operator == "Exists" and t.value:
+            problems.append(f"{path}.value: must be empty when operator is Exists")
+        if t.value and not _LABEL_VALUE.match(t.value):
+            problems.append(f"{path}.value: {t.value!r} is not a valid label value")
+        if t.toleration_seconds is not None and t.effect != "NoExecute":
+            problems.append(f"{path}.tolerationSeconds: only with effect NoExecute")
+    resources = runtime.resources
+    for kind, values in (("requests", resources.requests), ("limits", resources.limits)):
+        for name, amount in values.items():
+            path = f"spec.runtime.resources.{kind}[{name}]"
+            standard = name in _STANDARD_RESOURCES or name.startswith("hugepages-")
+            if not standard and ("/" not in name or not _qualified(name) or name.startswith("kubernetes.io/")):
+                problems.append(f"{path}: not a resource name (cpu, memory, ephemeral-storage, hugepages-<size>, "
+                                "or an extended resource like nvidia.com/gpu)")
+                continue
+            if name not in _STANDARD_RESOURCES and name != _GPU:  # extended resources and hugepages cannot be
+                # overcommitted (the GPU's own rule, with its message, is in cross_field_problems)
+                try:
+                    whole = parse_quantity(amount) == int(parse_quantity(amount))
+                    limit = parse_quantity(resources.limits[name]) if name in resources.limits else None
+                except ValueError:
+                    continue  # reported by _resource_and_env_problems
+                if not whole and not standard:
+                    problems.append(f"{path}: an extended resource takes a whole number, got {amount!r}")
+                if kind == "requests" and limit is None:
+                    problems.append(f"{path}: an extended resource cannot be overcommitted: set limits[{name}] equal")
+                elif kind == "requests" and parse_quantity(amount) != limit:
+                    problems.append(f"{path} must equal limits[{name}] (extended resources cannot be overcommitted)")
+    named = {*resources.requests, *resources.limits}
+    if any(n.startswith("hugepages-") for n in named) and not {"cpu", "memory"} & named:
+        problems.append("spec.runtime.resources: hugepages need a cpu or memory request or limit too")
+    refs = [("spec.model.secretRef", spec.model.secret_ref, "Secret")]
+    refs += [(f"spec.runtime.env[{i}].secretKeyRef", e.secret_key_ref, "Secret") for i, e in enumerate(runtime.env)]
+    if spec.local_attention.calibration_plan is not None:
+        plan = spec.local_attention.calibration_plan
+        problems.append(_name_problem("spec.localAttention.calibrationPlan.configMapName", plan.config_map_name,
+                                      "ConfigMap"))
+        problems.append(_key_problem("spec.localAttention.calibrationPlan.key", plan.key))
+    for path, ref, kind in refs:
+        if ref is not None:
+            problems += [_name_problem(f"{path}.name", ref.name, kind), _key_problem(f"{path}.key", ref.key)]
+    for path, cm in (("spec.probe.goldenSet", spec.probe.golden_set), ("spec.pairedComparison.prompts",
+                                                                       spec.paired_comparison.prompts)):
+        if cm is not None:
+            problems.append(_key_problem(f"{path}.key", cm.key))  # the name: rollout_validation
+    policy = spec.network_policy
+    peers = [(f"spec.networkPolicy.clients[{i}]", p) for i, p in enumerate(policy.clients or [])]
+    for path, peer in [*peers, ("spec.networkPolicy.prometheus", policy.prometheus)]:
+        if peer.pod_selector is None and peer.namespace_selector is None:
+            problems.append(f"{path}: set podSelector, namespaceSelector or both")
+        for field, labels in (("podSelector", peer.pod_selector), ("namespaceSelector", peer.namespace_selector)):
+            for key, value in (labels or {}).items():
+                if not _qualified(key) or not _LABEL_VALUE.match(value):
+                    problems.append(f"{path}.{field}[{key}]: not a valid label selector ({key}={value!r})")
+    if runtime.image != runtime.image.strip():
+        problems.append("spec.runtime.image: must not have leading or trailing whitespace")
+    return [p for p in problems if p]
 
 
 def validate_spec(raw: dict[str, Any]) -> LocalAttnDeploymentSpec:

@@ -62,6 +62,12 @@ class LocalAttnConfig:
     min_context_length: int = contract.default("minContextLength")
     plan_file: str | None = None
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    length_buckets: tuple[int, ...] = ()  # empty: derived from the window (`bucket_boundaries`)
+
+    def bucket_boundaries(self) -> list[int]:
+        """Prompt-length edges of the latency histogram's `length_bucket` label: the configured ones, else
+        [W, 4W], so prompts below the window (where local attention changes nothing) are a bucket of their own."""
+        return list(self.length_buckets) or contract.default_bucket_boundaries(self.window_size)
 
     def global_layer_set(self, num_layers: int) -> frozenset[int]:
         return self.global_layers.resolve(num_layers)
@@ -98,6 +104,8 @@ class LocalAttnConfig:
         }
         if self.plan_file is not None:
             out["planFile"] = self.plan_file
+        if self.length_buckets:
+            out["lengthBuckets"] = list(self.length_buckets)
         return out
 
 
@@ -156,6 +164,19 @@ def _global_layers(value: Any) -> GlobalLayers:
     return GlobalLayers(indices=tuple(sorted(indices)))
 
 
+def _length_buckets(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError("lengthBuckets", f"must be a list of prompt lengths in tokens, got {value!r}")
+    for n, edge in enumerate(value):
+        if isinstance(edge, bool) or not isinstance(edge, int) or edge < 1:
+            raise ConfigError(f"lengthBuckets[{n}]", f"must be a token count >= 1, got {edge!r}")
+        if n and edge <= value[n - 1]:
+            raise ConfigError(f"lengthBuckets[{n}]", f"must be greater than the one before ({value[n - 1]})")
+    return tuple(value)
+
+
 def _probe(value: Any) -> ProbeConfig:
     if value is None:
         return ProbeConfig()
@@ -193,6 +214,7 @@ def parse(obj: Any) -> LocalAttnConfig:
                                 minimum=0),
         plan_file=plan_file,
         probe=_probe(obj.get("probe")),
+        length_buckets=_length_buckets(obj.get("lengthBuckets")),
     )
     if plan_file is not None:
         cfg = apply_plan(cfg, read_plan(container_path(plan_file)))

@@ -6,7 +6,15 @@ values into small mmap'ed files (prometheus_client's multiprocess file format), 
 one collector that merges the files of its own process tree (pids whose parent chain reaches it — so stale
 files of dead or unrelated servers sharing the directory never count). With several API servers vLLM sets
 `PROMETHEUS_MULTIPROC_DIR` and serves a multiprocess registry; then we write into that directory and vLLM's
-collector merges our files with its own.
+collector merges our files with its own. Our files are named `KIND_localattnPID.db`, never `KIND_PID.db`:
+that is prometheus_client's own name for the process's file in that directory, which we must neither share nor
+delete.
+
+`localattn_request_latency_seconds{length_bucket="lo-hi"}` is vLLM's end-to-end latency of each finished request
+(`FinishedRequestStats.e2e_latency`, the figure behind `vllm:e2e_request_latency_seconds`), observed by our stat
+logger (`stats.py`) in the API-server process and labelled by prompt length, lo <= prompt tokens < hi. The edges
+are the configuration's `lengthBuckets`, by default [W, 4W]: `0-W` (below the window: local attention changes
+nothing), `W-4W` and `4W-inf` — the labels the operator's per-bucket analysis queries (`localattn_contract`).
 """
 
 from __future__ import annotations
@@ -20,12 +28,20 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import localattn_contract as contract
+
 CONFIG_INFO = "localattn_config_info"
 KV_BLOCKS_FREED = "localattn_kv_blocks_freed"  # exposed as localattn_kv_blocks_freed_total
 PROBE_PERPLEXITY = "localattn_probe_perplexity"
 PROBE_EXACT_MATCH = "localattn_probe_exact_match"
 PROBE_AGE = "localattn_probe_age_seconds"
 PROBE_RUNS = "localattn_probe_runs"  # exposed as localattn_probe_runs_total{outcome=...}
+REQUEST_LATENCY = contract.BUCKET_LATENCY_METRIC  # histogram, label length_bucket
+
+#: vLLM's own `vllm:e2e_request_latency_seconds` buckets (`vllm/v1/metrics/buckets.py`), so the two agree.
+LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+                   480.0, 960.0, 1920.0, 7680.0)
+FILE_TAG = "localattn"  # our files: KIND_localattnPID.db (see the module docstring)
 
 _HELP = {
     CONFIG_INFO: "Active localattn configuration (value is always 1).",
@@ -34,6 +50,7 @@ _HELP = {
     PROBE_EXACT_MATCH: "Fraction of golden greedy completions reproduced exactly at the last probe run.",
     PROBE_AGE: "Seconds since the last successful probe run.",
     PROBE_RUNS: "Quality probe runs, by outcome.",
+    REQUEST_LATENCY: "End-to-end latency of finished requests (as vllm:e2e_request_latency_seconds), by prompt length.",
 }
 
 _lock = threading.Lock()
@@ -50,13 +67,13 @@ def metrics_dir() -> Path:
 
 
 def _file(kind: str) -> Any:
-    """This process's file for `kind` ('counter', 'gauge_max', 'gauge_mostrecent'); must hold `_lock`."""
+    """This process's file for `kind` ('counter', 'histogram', 'gauge_max', 'gauge_mostrecent'); hold `_lock`."""
     from prometheus_client.mmap_dict import MmapedDict
 
     pid, directory = os.getpid(), metrics_dir()
     f = _files.get((pid, directory, kind))
     if f is None:
-        path = directory / f"{kind}_{pid}.db"
+        path = directory / f"{kind}_{FILE_TAG}{pid}.db"
         path.unlink(missing_ok=True)  # a file left by an earlier process with this pid is not ours
         f = _files[(pid, directory, kind)] = MmapedDict(str(path))
     return f
@@ -75,6 +92,23 @@ def _inc(metric: str, amount: float, labels: Mapping[str, str] | None = None) ->
         key = _key(metric, metric + "_total", labels)
         value, _ = f.read_value(key)
         f.write_value(key, value + amount, 0.0)
+
+
+def _observe(metric: str, value: float, labels: Mapping[str, str], buckets: Iterable[float]) -> None:
+    """One histogram observation in prometheus_client's multiprocess layout: `_sum` += value, and +1 in the first
+    bucket with value <= le (per-bucket counts: the collector accumulates them and derives `_count`). Every
+    bucket of the label set is written, at 0 if need be, so a scrape shows the full `le` ladder."""
+    from prometheus_client.utils import floatToGoString
+
+    ladder = [*buckets, float("inf")]
+    hit = next(b for b in ladder if value <= b)
+    with _lock:
+        f = _file("histogram")
+        key = _key(metric, metric + "_sum", labels)
+        f.write_value(key, f.read_value(key)[0] + value, 0.0)
+        for le in ladder:
+            key = _key(metric, metric + "_bucket", {**labels, "le": floatToGoString(le)})
+            f.write_value(key, f.read_value(key)[0] + (1.0 if le == hit else 0.0), 0.0)
 
 
 def _set(metric: str, value: float, labels: Mapping[str, str] | None = None, *, mode: str = "mostrecent") -> None:
@@ -111,6 +145,12 @@ def kv_blocks_freed(n: int) -> None:
     """Count KV blocks freed by the local-layer KV manager (called in the engine-core process)."""
     if n:
         _inc(KV_BLOCKS_FREED, float(n))
+
+
+def observe_request(prompt_tokens: int, e2e_seconds: float, boundaries: list[int]) -> None:
+    """One finished request: its end-to-end latency under its prompt-length bucket."""
+    labels = {contract.BUCKET_LABEL: contract.bucket_of(prompt_tokens, boundaries)}
+    _observe(REQUEST_LATENCY, max(0.0, e2e_seconds), labels, LATENCY_BUCKETS)
 
 
 def set_probe_result(perplexity: float, exact_match: float) -> None:
@@ -153,12 +193,19 @@ def in_process_tree(pid: int, root: int) -> bool:
     return False
 
 
+def _writer_pid(file: str) -> int | None:
+    """The pid in one of our file names (`counter_localattn123.db` -> 123); None for any other file."""
+    tail = Path(file).stem.rsplit("_", 1)[-1]
+    pid = tail.removeprefix(FILE_TAG)
+    return int(pid) if pid != tail and pid.isdigit() else None
+
+
 def tree_files(directory: Path, root: int) -> list[str]:
     """Our metric files written by `root`'s process tree."""
     out = []
     for f in sorted(glob.glob(str(directory / "*.db"))):
-        pid = Path(f).stem.rsplit("_", 1)[-1]
-        if pid.isdigit() and in_process_tree(int(pid), root):
+        pid = _writer_pid(f)
+        if pid is not None and in_process_tree(pid, root):
             out.append(f)
     return out
 
@@ -178,18 +225,18 @@ class TreeCollector:
 
         directory = self.directory or metrics_dir()
         files = tree_files(directory, self.root or os.getpid())
-        ours = [f for f in files if Path(f).name.split("_")[0] in ("counter", "gauge")]
+        ours = [f for f in files if Path(f).name.split("_")[0] in ("counter", "gauge", "histogram")]
         with _lock:
             metrics = list(MultiProcessCollector.merge(ours, accumulate=True))
         return [m for m in metrics if m.name.startswith("localattn_")]
 
 
 def prune_dead(directory: Path) -> int:
-    """Delete files of processes that no longer exist (they never count); returns how many."""
+    """Delete our files of processes that no longer exist (they never count); returns how many."""
     removed = 0
     for f in glob.glob(str(directory / "*.db")):
-        pid = Path(f).stem.rsplit("_", 1)[-1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        pid = _writer_pid(f)
+        if pid is not None and not Path(f"/proc/{pid}").exists():
             Path(f).unlink(missing_ok=True)
             removed += 1
     return removed

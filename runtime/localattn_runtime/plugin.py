@@ -115,6 +115,10 @@ def register() -> None:
     """Parse and validate the configuration, then register backend, KV spec/manager, metrics and probe."""
     if _state.get("registered"):
         return
+    if not _is_api_server():  # the model runs in the engine/worker processes, not the front end
+        from localattn_runtime import faults
+
+        faults.install()  # test-only fault injection: nothing unless LOCALATTN_TEST_DELAY_MS is set
     cfg = active_config()
     if cfg is None:
         _state["registered"] = True

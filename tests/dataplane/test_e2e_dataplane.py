@@ -9,9 +9,9 @@ checks share one module-scoped deployment and run in file order.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -22,7 +22,15 @@ import pytest
 
 from localattn_dev.controlplane import ClusterInfo, down, up
 from localattn_dev.devurls import url_of
-from localattn_dev.testing import kubectl, kubectl_json, temp_namespace, wait_for
+from localattn_dev.testing import (
+    install_lad_crd,
+    kubectl,
+    kubectl_json,
+    model_volume,
+    running_operator,
+    temp_namespace,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,41 +49,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterInfo]:
 
 @pytest.fixture(scope="module")
 def operator(cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
-    kubectl("apply", "-f", str(ROOT / "crds" / "localattndeployment.yaml"), kubeconfig=cluster.kubeconfig)
-    wait_for(
-        lambda: any(
-            c["type"] == "Established" and c["status"] == "True"
-            for c in kubectl_json("get", "crd", "localattndeployments.localattn.dev", kubeconfig=cluster.kubeconfig)
-            .get("status", {}).get("conditions") or []
-        ),
-        timeout=60, message="the CRD established",
-    )  # fmt: skip
-    log = (tmp_path_factory.mktemp("operator") / "operator.log").open("wb")
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "LOCALATTN_RESYNC_SECONDS": "20"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "localattn_cli.main", "operator", "run", "--metrics-port", "0"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
-
-
-def model_volume(ns: str) -> list[dict[str, Any]]:
-    """The example's hostPath PV (the dev cluster's model store) pre-bound to a claim in `ns`."""
-    return [
-        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"models-{ns}"},
-         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "",
-                  "hostPath": {"path": "/var/lib/localattn/models"}, "claimRef": {"namespace": ns, "name": "models"}}},
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models"},
-         "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": f"models-{ns}",
-                  "resources": {"requests": {"storage": "1Gi"}}}},
-    ]  # fmt: skip
+    install_lad_crd(cluster.kubeconfig)
+    with running_operator(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log") as proc:
+        yield proc
 
 
 def lad(replicas: int) -> dict[str, Any]:
@@ -208,3 +184,40 @@ def test_a_lad_whose_pods_crash_loop_reports_degraded_with_the_reason_and_the_po
         events = kubectl_json("get", "events", "-n", ns, "--field-selector", "involvedObject.name=broken",
                               kubeconfig=cluster.kubeconfig)["items"]  # fmt: skip
         assert any(e["type"] == "Warning" and e["reason"] == "CrashLoopBackOff" for e in events), events
+
+
+def test_a_lad_never_available_within_its_progress_deadline_reports_degraded(
+    cluster: ClusterInfo, operator: subprocess.Popen[bytes]
+) -> None:
+    """A real vLLM that runs but never passes its probes (it serves on another port than the one probed): no
+    crash to report, so only the Deployment's progress deadline, set from `spec.rollout.progressDeadlineSeconds`
+    (30 s here, not the default 10 min), says it is stuck; the LAD reports that, with a Warning event."""
+    stuck = lad(replicas=1)
+    stuck["metadata"]["name"] = "stuck"
+    stuck["spec"]["runtime"]["extraArgs"] = ["--enforce-eager", "--port", "8999"]  # argparse: the last --port wins
+    stuck["spec"]["rollout"] = {"progressDeadlineSeconds": 30}
+    with temp_namespace(cluster.kubeconfig, prefix="dataplane-deadline-") as ns:
+        body = {"apiVersion": "v1", "kind": "List", "items": [*model_volume(ns), stuck]}
+        started = time.monotonic()
+        kubectl("apply", "-n", ns, "-f", "-", kubeconfig=cluster.kubeconfig, input=json.dumps(body))
+
+        def degraded() -> dict[str, Any] | None:
+            status = kubectl_json("get", "lad", "stuck", "-n", ns, kubeconfig=cluster.kubeconfig).get("status") or {}
+            cond = next((c for c in status.get("conditions") or [] if c["type"] == "Degraded"), {})
+            return status if cond.get("status") == "True" else None
+
+        status = wait_for(degraded, timeout=240, interval=2, message="the LAD Degraded")
+        elapsed = time.monotonic() - started
+        cond = next(c for c in status["conditions"] if c["type"] == "Degraded")
+        assert cond["reason"] == "ProgressDeadlineExceeded", status
+        assert status["phase"] == "Degraded"
+        assert elapsed >= 30, f"reported after {elapsed:.0f}s, before the 30 s deadline could pass"
+        (dep,) = kubectl_json("get", "deployments", "-n", ns, kubeconfig=cluster.kubeconfig)["items"]
+        assert dep["spec"]["progressDeadlineSeconds"] == 30
+        (pod,) = kubectl_json("get", "pods", "-n", ns, "-l", "localattn.dev/deployment=stuck",
+                              kubeconfig=cluster.kubeconfig)["items"]  # fmt: skip
+        (container,) = pod["status"]["containerStatuses"]
+        assert "running" in container["state"] and container["restartCount"] == 0 and not container["ready"]
+        events = kubectl_json("get", "events", "-n", ns, "--field-selector", "involvedObject.name=stuck",
+                              kubeconfig=cluster.kubeconfig)["items"]  # fmt: skip
+        assert any(e["type"] == "Warning" and e["reason"] == "ProgressDeadlineExceeded" for e in events), events

@@ -20,7 +20,13 @@ import pytest
 from localattn_dev import procs
 from localattn_dev.controlplane import ClusterInfo, down, up
 from localattn_dev.podlayout import pods_dir, record_name
-from localattn_dev.testing import kubectl, kubectl_json, temp_namespace, wait_for
+from localattn_dev.testing import (
+    kubectl,
+    kubectl_json,
+    model_volume,
+    temp_namespace,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.slow]
 APP = "tiny"
@@ -46,34 +52,6 @@ def ns(cluster: ClusterInfo) -> Iterator[str]:
 def apply(cluster: ClusterInfo, ns: str, *manifests: dict[str, Any]) -> None:
     body = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(manifests)})
     kubectl("apply", "-n", ns, "-f", "-", kubeconfig=cluster.kubeconfig, input=body)
-
-
-def model_volume(ns: str) -> list[dict[str, Any]]:
-    """The example's hostPath PV (the dev cluster's model store) pre-bound to a claim in `ns`."""
-    pv = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": f"models-{ns}"},
-        "spec": {
-            "capacity": {"storage": "1Gi"},
-            "accessModes": ["ReadOnlyMany"],
-            "storageClassName": "",
-            "hostPath": {"path": "/var/lib/localattn/models"},
-            "claimRef": {"namespace": ns, "name": "models"},
-        },
-    }
-    pvc = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "models"},
-        "spec": {
-            "accessModes": ["ReadOnlyMany"],
-            "storageClassName": "",
-            "volumeName": f"models-{ns}",
-            "resources": {"requests": {"storage": "1Gi"}},
-        },
-    }
-    return [pv, pvc]
 
 
 def rendered_vllm(ns: str, replicas: int) -> list[dict[str, Any]]:

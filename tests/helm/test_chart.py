@@ -36,8 +36,9 @@ def env(docs: list[dict[str, Any]]) -> dict[str, str]:
         {},
         {"watchNamespaces": ["team-a", "team-b"]},
         {"metrics": {"serviceMonitor": {"enabled": True}}, "serviceAccount": {"create": False, "name": "ops"}},
+        {"replicaCount": 2},
     ],
-    ids=["defaults", "watch-namespaces", "servicemonitor-existing-sa"],
+    ids=["defaults", "watch-namespaces", "servicemonitor-existing-sa", "replicas"],
 )
 def test_lint_is_clean_in_strict_mode(values: dict[str, Any]) -> None:
     import helm_python as helm
@@ -66,6 +67,8 @@ def test_default_install_objects(render: Any) -> None:
         ("ClusterRoleBinding", "la-localattn"),
         ("ClusterRoleBinding", "la-localattn-discovery"),
         ("Deployment", "la-localattn"),
+        ("Role", "la-localattn-leader-election"),
+        ("RoleBinding", "la-localattn-leader-election"),
         ("Service", "la-localattn-metrics"),
         ("ServiceAccount", "la-localattn"),
     ]
@@ -75,12 +78,51 @@ def test_default_install_objects(render: Any) -> None:
         assert doc["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
 
 
-def test_single_replica_recreated_on_upgrade(render: Any) -> None:
-    """kopf runs standalone (no peering): never two operators at once, not even during an upgrade."""
-    spec = only(render(), "Deployment")["spec"]
+def test_single_replica_rolls_with_a_follower_first(render: Any) -> None:
+    """With leader election the new pod waits on the Lease until the old one hands it back: a rolling update
+    never runs two reconcilers; no PodDisruptionBudget for one replica (it would block every drain)."""
+    docs = render()
+    spec = only(docs, "Deployment")["spec"]
     assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert "affinity" not in spec["template"]["spec"]
+    assert not [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+
+
+def test_without_leader_election_one_replica_recreated(render: Any) -> None:
+    docs = render({"leaderElection": {"enabled": False}})
+    assert only(docs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
+    assert not {"LOCALATTN_LEADER_ELECTION_NAMESPACE"} & set(env(docs))
+
+
+def test_replicas_get_a_disruption_budget_and_spread(render: Any) -> None:
+    docs = render({"replicaCount": 3})
+    deployment = only(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    pdb = only(docs, "PodDisruptionBudget")
+    assert pdb["apiVersion"] == "policy/v1" and pdb["metadata"]["namespace"] == NAMESPACE  # offline: a current release
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    term = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_leader_election_settings_reach_the_operator(render: Any) -> None:
+    from localattn_operator.settings import Settings
+
+    docs = render({"leaderElection": {"leaseDurationSeconds": 20, "renewDeadlineSeconds": 12, "retryPeriodSeconds": 3}})
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env(docs).items():
+            mp.setenv(name, value)
+        settings = Settings.from_env()
+    assert settings.leader_election_namespace == NAMESPACE and settings.lease_name == "la-localattn"
+    assert (settings.lease_duration_seconds, settings.renew_deadline_seconds, settings.retry_period_seconds) == (20, 12, 3)
+    role = only(docs, "Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
 
 
 def test_operator_command_settings_and_probes(render: Any) -> None:
@@ -92,6 +134,11 @@ def test_operator_command_settings_and_probes(render: Any) -> None:
         "LOCALATTN_RESYNC_SECONDS": "60",
         "LOCALATTN_COALESCE_SECONDS": "0.3",
         "LOCALATTN_METRICS_PORT": "8080",
+        "LOCALATTN_LEADER_ELECTION_NAMESPACE": NAMESPACE,
+        "LOCALATTN_LEASE_NAME": "la-localattn",
+        "LOCALATTN_LEASE_DURATION_SECONDS": "15",
+        "LOCALATTN_RENEW_DEADLINE_SECONDS": "10",
+        "LOCALATTN_RETRY_PERIOD_SECONDS": "2",
         "PYTHONUNBUFFERED": "1",
     }
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
@@ -122,7 +169,8 @@ def test_settings_come_from_values(render: Any) -> None:
     with pytest.MonkeyPatch.context() as mp:
         for name, value in env(docs).items():
             mp.setenv(name, value)
-        assert Settings.from_env() == Settings(resync_seconds=15.0, coalesce_seconds=1.5, metrics_port=9100)
+        assert Settings.from_env() == Settings(resync_seconds=15.0, coalesce_seconds=1.5, metrics_port=9100,
+                                               leader_election_namespace=NAMESPACE, lease_name="la-localattn")
     c = container(docs)
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 9100, "health": 9101}
     assert "http://0.0.0.0:9101/healthz" in c["args"]
@@ -191,4 +239,4 @@ def test_rbac_can_be_left_to_the_cluster_admin(render: Any) -> None:
 def test_fullname_override_names_everything(render: Any) -> None:
     docs = render({"fullnameOverride": "lattn"})
     names = {d["metadata"]["name"] for d in docs}
-    assert names == {"lattn", "lattn-discovery", "lattn-metrics", "lattn-edit", "lattn-view"}
+    assert names == {"lattn", "lattn-discovery", "lattn-metrics", "lattn-edit", "lattn-view", "lattn-leader-election"}

@@ -43,17 +43,18 @@ def _can_i_names(grants: dict[tuple[str, str], set[str]]) -> dict[str, set[str]]
     return named
 
 
-def _derived() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+def _derived() -> tuple[dict[str, set[str]], dict[str, set[str]], dict[str, set[str]]]:
     """The verbs test_rbac.py derives from the code (one derivation, used by both suites)."""
     spec = importlib.util.spec_from_file_location("_derived_rbac", Path(__file__).with_name("test_rbac.py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return _can_i_names(module.NAMESPACED), _can_i_names(module.CLUSTER)
+    return _can_i_names(module.NAMESPACED), _can_i_names(module.CLUSTER), _can_i_names(module.LEADER)
 
 
-# What `kubectl auth can-i --list` must show beyond what any ServiceAccount gets (resource.group -> verbs).
-NAMESPACED, CLUSTER = _derived()
+# What `kubectl auth can-i --list` must show beyond what any ServiceAccount gets (resource.group -> verbs);
+# LEADER only in the release namespace (the leader-election Lease).
+NAMESPACED, CLUSTER, LEADER = _derived()
 
 # (verb, resource, extra kubectl args): what the operator does in a namespace it manages.
 ALLOWED = [
@@ -70,6 +71,8 @@ ALLOWED = [
     ("delete", "controllerrevisions.apps", ()),  # pruned to the history limit
     ("list", "pods", ()),
     ("create", "events", ()),
+    ("patch", "networkpolicies.networking.k8s.io", ()),  # spec.networkPolicy
+    ("delete", "networkpolicies.networking.k8s.io", ()),  # turned off
 ]
 # Things it must never do, anywhere.
 DENIED = [
@@ -87,6 +90,21 @@ DENIED = [
     ("create", "serviceaccounts", ()),
     ("create", "rolebindings.rbac.authorization.k8s.io", ()),
     ("deletecollection", "configmaps", ()),
+    # escalation: no RBAC objects, no escalate/bind, no tokens, no exec into or attach to pods, no pod proxy
+    ("create", "roles.rbac.authorization.k8s.io", ()),
+    ("patch", "roles.rbac.authorization.k8s.io", ()),
+    ("escalate", "roles.rbac.authorization.k8s.io", ()),
+    ("bind", "roles.rbac.authorization.k8s.io", ()),
+    ("patch", "rolebindings.rbac.authorization.k8s.io", ()),
+    ("create", "serviceaccounts", ("--subresource=token",)),
+    ("create", "pods", ("--subresource=exec",)),
+    ("create", "pods", ("--subresource=attach",)),
+    ("get", "pods", ("--subresource=proxy",)),
+    ("create", "pods", ("--subresource=eviction",)),
+    ("watch", "secrets", ()),
+    ("create", "secrets", ()),
+    ("create", "networkpolicies.networking.k8s.io", ("--subresource=status",)),
+    ("update", "leases.coordination.k8s.io", ()),  # only in the release namespace (leader election)
 ]
 CLUSTER_ALLOWED = [
     ("list", "customresourcedefinitions.apiextensions.k8s.io", ()),
@@ -100,7 +118,17 @@ CLUSTER_DENIED = [
     ("list", "secrets", ("--all-namespaces",)),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io", ()),
     ("impersonate", "serviceaccounts", ()),
+    ("impersonate", "users", ()),
+    ("impersonate", "groups", ()),
+    ("create", "clusterroles.rbac.authorization.k8s.io", ()),
+    ("escalate", "clusterroles.rbac.authorization.k8s.io", ()),
+    ("bind", "clusterroles.rbac.authorization.k8s.io", ()),
+    ("create", "certificatesigningrequests.certificates.k8s.io", ()),
+    ("create", "tokenreviews.authentication.k8s.io", ()),
+    ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io", ()),
+    ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", ()),
     ("get", "nodes", ()),
+    ("get", "nodes", ("--subresource=proxy",)),
 ]
 
 
@@ -207,8 +235,8 @@ def test_watch_namespaces_confines_the_operator(kubeconfig: str, install: Any) -
             testing.temp_namespace(kubeconfig, prefix="helm-b-") as other:
         user = install({"watchNamespaces": [watched]}, release_ns).user
         assert extra_grants(kubeconfig, user, watched) == {**NAMESPACED, **CLUSTER}
-        for namespace in (other, release_ns):
-            assert extra_grants(kubeconfig, user, namespace) == CLUSTER
+        assert extra_grants(kubeconfig, user, other) == CLUSTER
+        assert extra_grants(kubeconfig, user, release_ns) == {**CLUSTER, **LEADER}
         for verb, resource, extra in ALLOWED:
             assert can_i(kubeconfig, user, verb, resource, extra, watched), f"cannot {verb} {resource} in {watched}"
             assert not can_i(kubeconfig, user, verb, resource, extra, other), f"can {verb} {resource} in {other}"
@@ -296,3 +324,59 @@ def test_operator_runs_as_the_chart_configures_it(kubeconfig: str, install: Any,
                 operator.wait()
         text = log.read_text()
         assert "Forbidden" not in text and " 403" not in text, text[-4000:]
+        # It led through the chart's Lease Role (in the release namespace) and handed the Lease back on SIGTERM.
+        assert "leader election: leading" in text and "released lease" in text, text[-4000:]
+
+
+def test_the_service_account_cannot_escalate_or_reach_past_its_namespaces(kubeconfig: str, install: Any,
+                                                                         tmp_path: Path) -> None:
+    """Real requests, authenticated as the chart's ServiceAccount (a TokenRequest token, as in a pod), not only
+    authorizer questions: each attempt to read a Secret, to write outside the watched namespace, or to grant itself
+    more is refused by the apiserver with 403, and leaves nothing behind."""
+    with testing.temp_namespace(kubeconfig, prefix="helm-op-") as release_ns, \
+            testing.temp_namespace(kubeconfig, prefix="helm-a-") as watched, \
+            testing.temp_namespace(kubeconfig, prefix="helm-b-") as other:
+        installed = install({"watchNamespaces": [watched]}, release_ns)
+        kubectl(kubeconfig, "create", "secret", "generic", "planted", "-n", watched, "--from-literal=token=s3cr3t")
+        sa = service_account_kubeconfig(kubeconfig, release_ns, installed.service_account, tmp_path / "sa.kubeconfig")
+        config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probe-cm"}, "data": {"a": "b"}}
+        escalations: list[tuple[str, dict[str, Any] | None, list[str]]] = [
+            ("read a Secret in the watched namespace", None, ["get", "secret", "planted", "-n", watched, "-o", "json"]),
+            ("list Secrets cluster-wide", None, ["get", "secrets", "--all-namespaces"]),
+            ("write a ConfigMap in an unwatched namespace", config_map, ["apply", "-n", other, "-f", "-"]),
+            ("write a ConfigMap in its own namespace", config_map, ["apply", "-n", release_ns, "-f", "-"]),
+            ("create a Role granting Secrets", {
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "grab"},
+                "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]},
+             ["apply", "-n", watched, "-f", "-"]),
+            ("bind itself to cluster-admin", {
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "grab"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+                "subjects": [{"kind": "ServiceAccount", "name": installed.service_account, "namespace": release_ns}]},
+             ["apply", "-n", watched, "-f", "-"]),
+            ("bind itself to cluster-admin cluster-wide", {
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "grab-h5"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+                "subjects": [{"kind": "ServiceAccount", "name": installed.service_account, "namespace": release_ns}]},
+             ["apply", "-f", "-"]),
+            ("impersonate an admin", None, ["get", "secrets", "-n", watched, "--as", "system:admin",
+                                            "--as-group", "system:masters"]),
+            ("mint a token for another ServiceAccount", {
+                "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 600}},
+             ["create", "--raw", f"/api/v1/namespaces/{watched}/serviceaccounts/default/token", "-f", "-"]),
+            ("run a pod directly", {
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "grab"},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]}}, ["apply", "-n", watched, "-f", "-"]),
+        ]
+        for what, body, args in escalations:
+            result = testing.kubectl(*args, kubeconfig=sa, check=False, input=json.dumps(body) if body else None)
+            assert result.returncode != 0, f"could {what}: {result.stdout}"
+            assert "forbidden" in result.stderr.lower(), f"{what}: {result.stderr}"
+            assert "s3cr3t" not in result.stdout + result.stderr
+        for kind in ("rolebinding", "role", "pod"):
+            assert kubectl(kubeconfig, "get", kind, "grab", "-n", watched, check=False).returncode != 0, kind
+        assert kubectl(kubeconfig, "get", "configmap", "probe-cm", "-n", other, check=False).returncode != 0
+        assert kubectl(kubeconfig, "get", "clusterrolebinding", "grab-h5", check=False).returncode != 0
+        # ... while the same identity can do its job in the watched namespace.
+        assert testing.kubectl("apply", "-n", watched, "-f", "-", kubeconfig=sa, input=json.dumps(config_map),
+                               check=False).returncode == 0

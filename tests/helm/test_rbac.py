@@ -68,7 +68,7 @@ def test_no_wildcards_no_secrets_no_escalation(render: Any, values: dict[str, An
 
 def test_cluster_wide_grants_exactly_what_is_used(render: Any) -> None:
     granted = roles_by_binding(render())
-    assert granted == {("ClusterRoleBinding", None): {**NAMESPACED, **CLUSTER}}
+    assert granted == {("ClusterRoleBinding", None): {**NAMESPACED, **CLUSTER}, ("RoleBinding", NAMESPACE): LEADER}
 
 
 def test_watch_namespaces_switches_to_roles(render: Any) -> None:
@@ -81,6 +81,7 @@ def test_watch_namespaces_switches_to_roles(render: Any) -> None:
         ("ClusterRoleBinding", None): CLUSTER,
         ("RoleBinding", "team-a"): NAMESPACED,
         ("RoleBinding", "team-b"): NAMESPACED,
+        ("RoleBinding", NAMESPACE): LEADER,
     }
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -145,8 +146,21 @@ class RecordingCluster:
         if method == "PATCH":
             self.store[key] = {**self.store.get(key, {}), **body}
             return copy.deepcopy(self.store[key])
-        if method == "POST":
-            return body
+        if method == "POST":  # events, the leader-election Lease: created once (a second create conflicts)
+            created = f"{path}/{body['metadata']['name']}"
+            if created in self.store:
+                raise ApiException(status=409, reason="AlreadyExists")
+            self.store[created] = {**copy.deepcopy(body), "metadata": {**body["metadata"], "resourceVersion": "1"}}
+            return copy.deepcopy(self.store[created])
+        if method == "PUT":  # a replace, with the apiserver's optimistic concurrency on resourceVersion
+            live = self.store.get(key)
+            if live is None:
+                raise ApiException(status=404, reason="Not Found")
+            if body["metadata"].get("resourceVersion") != live["metadata"]["resourceVersion"]:
+                raise ApiException(status=409, reason="Conflict")
+            version = str(int(live["metadata"]["resourceVersion"]) + 1)
+            self.store[key] = {**copy.deepcopy(body), "metadata": {**body["metadata"], "resourceVersion": version}}
+            return copy.deepcopy(self.store[key])
         if method == "DELETE":
             self.store.pop(key, None)
             return {}
@@ -221,8 +235,52 @@ def api_verbs_of_the_code() -> dict[tuple[str, str], set[str]]:
     reconciler.reconcile_now("ns", "tiny-llama")
     weights = [ref["weight"] for ref in recording.store[route_path]["spec"]["rules"][0]["backendRefs"]]
     assert weights == [100, 0], weights
+    # backendKind InferencePool: one pool per arm, applied before the weights
+    recording.store[lad_path]["spec"]["rollout"]["router"] = {"gatewayAPI": {
+        "httpRoute": "llm", "backendKind": "InferencePool", "endpointPicker": {"name": "epp"}}}
+    for ref in recording.store[route_path]["spec"]["rules"][0]["backendRefs"]:
+        ref.update(group="inference.networking.k8s.io", kind="InferencePool")
+    reconciler.reconcile_now("ns", "tiny-llama")
+    assert "/apis/inference.networking.k8s.io/v1/namespaces/ns/inferencepools/tiny-llama-canary" in recording.store
+    # spec.autoscaling: a count below minReplicas moves to it, written through the LAD's scale subresource
+    recording.store[lad_path]["spec"]["autoscaling"] = {"minReplicas": 3, "maxReplicas": 4,
+                                                        "targets": {"waitingRequestsPerReplica": 2}}
+    reconciler.reconcile_now("ns", "tiny-llama")
+    assert recording.store[lad_path + "/scale"] == {"spec": {"replicas": 3}}
+    # spec.networkPolicy: rendered (applied), then turned off (listed and pruned)
+    policy_path = "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/tiny-llama-serving"
+    recording.store[lad_path]["spec"]["networkPolicy"] = {"enabled": True}
+    reconciler.reconcile_now("ns", "tiny-llama")
+    assert policy_path in recording.store
+    recording.store[lad_path]["spec"]["networkPolicy"] = {"enabled": False}
+    reconciler.reconcile_now("ns", "tiny-llama")
+    assert policy_path not in recording.store
     recording.store[lad_path]["spec"]["localAttention"]["windowSize"] = 10**6
     reconciler.reconcile_now("ns", "tiny-llama")
+    return recording.used
+
+
+def api_verbs_of_the_leader() -> dict[tuple[str, str], set[str]]:
+    """Leader election (leader.py) through its paths, in the release namespace: one replica creates the Lease and
+    renews it, a second waits, takes it over once it stops renewing, and hands it back on a clean shutdown."""
+    from localattn_operator.leader import Elector, Timing
+
+    recording = RecordingCluster()
+    now = [0.0]
+    timing = Timing(lease_duration=15, renew_deadline=10, retry_period=2)
+    a, b = (Elector(recording.cluster, namespace=NAMESPACE, name="la-localattn", identity=who, timing=timing,
+                    clock=lambda: now[0], on_lost=lambda: None) for who in ("a", "b"))
+    a.step()
+    b.step()
+    now[0] += timing.retry_period
+    a.step()
+    b.step()
+    now[0] += timing.lease_duration  # a died after its renewal
+    b.step()
+    assert b.leading.is_set()
+    b.release()
+    assert not recording.store[f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/la-localattn"][
+        "spec"].get("holderIdentity")
     return recording.used
 
 
@@ -258,16 +316,20 @@ def derived() -> tuple[dict[tuple[str, str], set[str]], dict[tuple[str, str], se
 
 
 NAMESPACED, CLUSTER = derived()
+# Granted by a Role in the release namespace only (the Lease lives there), whatever namespaces are watched.
+LEADER = api_verbs_of_the_leader()
 
 
 def test_the_derivation_sees_what_the_code_does() -> None:
     """The derivation itself, against facts read from the code by a person (a sanity floor, not the list)."""
     assert NAMESPACED[("apps", "deployments")] >= {"get", "patch", "create", "list", "watch"}
     assert NAMESPACED[("localattn.dev", "localattndeployments/status")] == {"patch"}
+    assert NAMESPACED[("localattn.dev", "localattndeployments/scale")] == {"patch"}  # spec.autoscaling's write
     assert NAMESPACED[("", "pods")] == {"list", "watch"}
     assert "update" not in set().union(*NAMESPACED.values())
-    # delete: pruned arms, a migrated LAD's old Deployment, superseded runtime ConfigMaps, records beyond the limit
-    assert {"deployments", "configmaps", "controllerrevisions"} == {
+    # delete: pruned arms, a migrated LAD's old Deployment, superseded runtime ConfigMaps, records beyond the limit,
+    # a NetworkPolicy turned off
+    assert {"deployments", "configmaps", "controllerrevisions", "networkpolicies"} == {
         r for (_g, r), verbs in NAMESPACED.items() if "delete" in verbs}
 
 
@@ -276,4 +338,6 @@ def test_every_api_path_of_the_client_is_exercised() -> None:
     from localattn_operator import k8s
 
     resources = {path.rsplit("/", 1)[-1] for path in k8s._PATHS.values()}
-    assert resources <= {resource for _group, resource in api_verbs_of_the_code()}
+    assert resources <= {resource for _group, resource in {**api_verbs_of_the_code(), **LEADER}}
+    assert {("coordination.k8s.io", "leases"): {"get", "create", "update"}} == LEADER
+    assert k8s.API_VERBS["leases"] == LEADER[("coordination.k8s.io", "leases")]

@@ -10,15 +10,16 @@ import pytest
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"replicaCount": 2}, "replicaCount must be 1 (got 2): the operator runs kopf in standalone mode"),
-        ({"replicaCount": 0}, "replicaCount must be 1 (got 0)"),
+        ({"replicaCount": 2, "leaderElection": {"enabled": False}}, "replicaCount 2 needs leaderElection.enabled"),
+        ({"leaderElection": {"renewDeadlineSeconds": 15}},
+         "leaderElection needs retryPeriodSeconds < renewDeadlineSeconds < leaseDurationSeconds (got 2, 15, 15)"),
         ({"serviceAccount": {"create": False}}, "serviceAccount.name is required when serviceAccount.create is false"),
         ({"metrics": {"port": 8081}}, "metrics.port and health.port must differ (both are 8081)"),
         ({"resyncSeconds": 0}, "resyncSeconds must be greater than 0 (got 0)"),
         ({"watchNamespaces": ["Team_A"]}, '"Team_A" is not a valid namespace name'),
         ({"watchNamespaces": ["team-a", "team-a"]}, '"team-a" is listed twice'),
     ],
-    ids=["two-replicas", "zero-replicas", "sa-without-name", "port-clash", "no-resync", "bad-namespace",
+    ids=["two-replicas-no-leader", "lease-timing", "sa-without-name", "port-clash", "no-resync", "bad-namespace",
          "duplicate-namespace"],
 )
 def test_template_checks(render: Any, values: dict[str, Any], message: str) -> None:
@@ -38,8 +39,11 @@ def test_template_checks(render: Any, values: dict[str, Any], message: str) -> N
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
         ({"image": {"digest": "latest"}}, "/image/digest"),
         ({"watchNamespaces": "team-a"}, "/watchNamespaces"),
+        ({"replicaCount": 0}, "/replicaCount"),
+        ({"leaderElection": {"leaseDuration": 15}}, "additional properties 'leaseDuration' not allowed"),
     ],
-    ids=["typo", "port-zero", "port-string", "pull-policy", "digest", "namespaces-not-a-list"],
+    ids=["typo", "port-zero", "port-string", "pull-policy", "digest", "namespaces-not-a-list", "zero-replicas",
+         "lease-typo"],
 )
 def test_schema_checks(render: Any, values: dict[str, Any], where: str) -> None:
     from helm_python import HelmValuesError

@@ -215,3 +215,14 @@ def test_parser_reads_continuations_stages_and_forms(dockerfiles: ModuleType) ->
     assert df.final.copies() == [(["/o"], "/o", {"from": "build"})]
     assert df.final.env() == {"A": "1", "B": "two words"}
     assert df.final.all("ENTRYPOINT")[0].exec_form() == ["x", "y"]
+
+
+def test_the_dev_clusters_runtime_image_has_the_cpu_images_serving_env(dockerfiles: ModuleType) -> None:
+    """Process-mode pods stand in for the CPU runtime image: the ENV that changes how vLLM serves (one engine
+    process, not two) must be the image's, or the dev cluster measures something users do not run."""
+    from localattn_dev.podplan import RUNTIME_CPU_ENV, find_image
+
+    image = find_image("localattn/vllm-runtime:0.1.0")
+    assert image is not None and dict(image.env) == dict(RUNTIME_CPU_ENV)
+    env = dockerfiles.load("runtime-cpu").final.env()
+    assert RUNTIME_CPU_ENV and all(env.get(k) == v for k, v in RUNTIME_CPU_ENV), env

@@ -19,9 +19,11 @@ ROOT = Path(__file__).resolve().parents[2]
 class OperatorProcess:
     """Start, stop (SIGTERM) or kill (SIGKILL) the operator, as a crash or a rollout of it would."""
 
-    def __init__(self, kubeconfig: Path, log_dir: Path):
+    def __init__(self, kubeconfig: Path, log_dir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()):
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
+        self.env = env or {}  # e.g. leader election (tests/operator/test_e2e_ha.py)
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -32,9 +34,9 @@ class OperatorProcess:
         log = open(self.log_dir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115 (closed with the process)
         # A short pending grace: the Pending test needs the Warning soon; the clean run must still see none.
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "LOCALATTN_RESYNC_SECONDS": "20",
-               "LOCALATTN_PENDING_GRACE_SECONDS": "3"}
+               "LOCALATTN_PENDING_GRACE_SECONDS": "3", **self.env}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "localattn_cli.main", "operator", "run", "--metrics-port", "0"],
+            [sys.executable, "-m", "localattn_cli.main", "operator", "run", "--metrics-port", "0", *self.args],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
@@ -56,6 +58,12 @@ class OperatorProcess:
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(self.log_dir.glob("operator-*.log")))
+
+
+@pytest.fixture(scope="session")
+def operator_factory() -> type[OperatorProcess]:
+    """The class, for suites that run operators of their own (leader-election replicas, a chaos cluster's)."""
+    return OperatorProcess
 
 
 @pytest.fixture(scope="session")

@@ -308,3 +308,22 @@ def test_plan_from_what_the_reconciler_observes() -> None:
     assert second.status.gpu_limited_message is not None and "Insufficient nvidia.com/gpu" in second.status.gpu_limited_message
     assert [e.reason for e in second.events] == ["ScaleReverted", "GPULimited"]
     assert waiting_for_gpus([starting]).pending_no_gpu == 0  # starting is not GPU-limited
+
+
+def test_a_pass_without_a_new_measurement_holds_but_still_enforces() -> None:
+    """The reconciler decides on each measurement once; other passes (a child changed, a resync) hold the
+    count, keep the last measured headroom, and still revert a hand scale and apply the bounds."""
+    spec = autoscaling({"p95LatencySeconds": 2}, maxReplicas=8)
+    slow = Samples((ReplicaSample(waiting=0, running=4, kv_usage=0.2),) * 2, p95_latency_seconds=4.0)
+    first = plan(spec, 2, None, slow, ready=2, pending=[], now=T0)
+    assert first.status.desired_replicas == 4 and first.measured and first.status.headroom_per_replica == 16
+    again = plan(spec, 4, first.status, None, ready=2, pending=[], now=T0 + timedelta(seconds=1))
+    assert again.status.desired_replicas == 4 and again.replicas is None and not again.measured  # not 8
+    assert again.events == () and again.status.headroom_per_replica == 16
+    assert again.status.last_decision == first.status.last_decision
+    by_hand = plan(spec, 7, again.status, None, ready=4, pending=[], now=T0 + timedelta(seconds=2))
+    assert by_hand.replicas == 4 and [e.reason for e in by_hand.events] == ["ScaleReverted"]
+    narrowed = plan(autoscaling({"p95LatencySeconds": 2}, maxReplicas=3), 4, by_hand.status, None, ready=4,
+                    pending=[], now=T0 + timedelta(seconds=3))
+    assert narrowed.replicas == 3 and narrowed.decision.signal == BOUNDS
+    assert [e.reason for e in narrowed.events] == ["ScaledDown"]

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from localattn_dev.testing import example_lad
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,18 +18,7 @@ EXAMPLE = yaml.safe_load((ROOT / "examples" / "deployment.yaml").read_text())
 
 
 def lad_manifest(name: str, **spec_overrides: Any) -> dict[str, Any]:
-    doc = json.loads(json.dumps(EXAMPLE))
-    # The example's rollout steps, analysis, probe and price are the demo's (real pods, Prometheus, a golden-set
-    # ConfigMap); these tests run on simulated pods with no metrics, so their LADs roll out with the defaults.
-    for demo_only in ("rollout", "analysis", "probe", "cost"):
-        doc["spec"].pop(demo_only, None)
-    doc["metadata"] = {"name": name}
-    for key, value in spec_overrides.items():
-        if isinstance(value, dict) and isinstance(doc["spec"].get(key), dict):
-            doc["spec"][key].update(value)
-        else:
-            doc["spec"][key] = value
-    return doc
+    return example_lad(name, **spec_overrides)
 
 
 def test_example_creates_children_and_becomes_ready(k8s, operator, namespace) -> None:
@@ -220,14 +211,16 @@ def test_a_spec_the_apiserver_rejects_is_reported_and_not_retried_in_a_loop(k8s,
     dep_before = k8s.get(namespace, "deployment", "rejected-stable")
     cm_name = f"rejected-runtime-{ready['status']['currentRevision']}"
     cm_before = k8s.get(namespace, "configmap", cm_name)
-    # Valid to our schema and rules, refused by the apiserver (a label key is not a qualified name); the window
-    # change would also reach the ConfigMap, which must stay as it is (nothing is applied when anything is refused).
+    # Valid to our schema and rules, refused by the apiserver (an extended resource beyond int64: validation.py
+    # mirrors the apiserver's syntax rules, not its number range); the window change would also reach the
+    # ConfigMap, which must stay as it is (nothing is applied when anything is refused).
     k8s.kubectl("patch", "lad", "rejected", "-n", namespace, "--type", "merge", "-p", json.dumps(
-        {"spec": {"runtime": {"nodeSelector": {"not a valid key!": "x"}}, "localAttention": {"windowSize": 256}}}))
+        {"spec": {"runtime": {"resources": {"limits": {"example.com/fpga": "9" * 30}}},
+                  "localAttention": {"windowSize": 256}}}))
     lad = k8s.wait_lad(namespace, "rejected", lambda s: s.get("phase") == "InvalidSpec")
     cond = {c["type"]: c for c in lad["status"]["conditions"]}["InvalidSpec"]
     assert cond["reason"] == "ApplyRejected" and "Deployment/rejected" in cond["message"]
-    assert "nodeSelector" in cond["message"]  # the apiserver's own message
+    assert "example.com/fpga" in cond["message"] and "integer" in cond["message"]  # the apiserver's own message
     assert lad["status"]["currentRevision"] == ready["status"]["currentRevision"]
     assert k8s.get(namespace, "deployment", "rejected-stable")["metadata"]["resourceVersion"] \
         == dep_before["metadata"]["resourceVersion"]
@@ -235,12 +228,12 @@ def test_a_spec_the_apiserver_rejects_is_reported_and_not_retried_in_a_loop(k8s,
     names = k8s.kubectl("get", "configmaps,controllerrevisions", "-n", namespace, "-o", "name").stdout
     assert names.count("rejected-runtime-") == 1 and names.count("controllerrevision") == 1  # nothing of the refused
     warnings = [e for e in k8s.events(namespace, "rejected", type_="Warning") if e["reason"] == "ApplyRejected"]
-    assert len(warnings) == 1 and "nodeSelector" in warnings[0]["message"]
+    assert len(warnings) == 1 and "example.com/fpga" in warnings[0]["message"]
     # The handler succeeded (the refusal is in status): kopf keeps no retry state for it.
     annotations = k8s.get(namespace, "lad", "rejected")["metadata"].get("annotations", {})
     assert not [k for k in annotations if k.startswith("localattn.dev/lad_changed")], annotations  # kopf's progress
     k8s.kubectl("patch", "lad", "rejected", "-n", namespace, "--type", "json",
-                "-p", json.dumps([{"op": "remove", "path": "/spec/runtime/nodeSelector"}]))
+                "-p", json.dumps([{"op": "remove", "path": "/spec/runtime/resources/limits/example.com~1fpga"}]))
     k8s.wait_lad(namespace, "rejected", lambda s: s.get("phase") == "Ready"
                  and s.get("currentRevision") != ready["status"]["currentRevision"])
 

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from localattn_dev.testing import example_lad
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,12 +27,7 @@ assert WINDOW not in (128, 256), "the tests below change the window to these"
 
 
 def lad_manifest(name: str, **spec: Any) -> dict[str, Any]:
-    doc = json.loads(json.dumps(EXAMPLE))
-    for demo_only in ("rollout", "analysis", "probe", "cost"):  # the demo's (real pods, Prometheus, a golden set)
-        doc["spec"].pop(demo_only, None)
-    doc["metadata"] = {"name": name}
-    doc["spec"].update(spec)
-    return doc
+    return example_lad(name, **spec)
 
 
 def _serving(pod: dict[str, Any]) -> bool:

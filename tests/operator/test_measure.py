@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from localattn_operator.analysis import AnalysisRequest
+from localattn_operator.autoscaling_signals import ReplicaSample
 from localattn_operator.measure import measure, provider_for
 from localattn_operator.models import RolloutStatus
 from localattn_operator.providers.prometheus import PrometheusProvider
@@ -70,3 +71,36 @@ def test_the_scrape_provider_reads_the_ready_pods_of_both_arms() -> None:
     assert isinstance(chosen, FirstAvailable) and chosen.providers[1] is scrape
     only = validate_spec({**SPEC, "analysis": {"provider": {"scrape": {}}}})
     assert provider_for(only, REQUEST, "http://127.0.0.1:9090", scrape) is scrape  # the setting is not forced on it
+
+
+def test_the_load_is_measured_per_arm_through_the_same_providers() -> None:
+    """measure_load asks queries.LOAD_TEMPLATES per arm of ready pods (p95s only for the targets that need
+    them) and turns the sums into per-pod samples; a failing query is missing data, never zero load."""
+    from collections.abc import Mapping
+
+    from localattn_operator.measure import measure_load
+    from localattn_operator.metrics_provider import ProviderError
+
+    answers = {("stable1", "pods_reporting"): 2.0, ("stable1", "waiting_total"): 6.0, ("stable1", "running_total"): 4.0,
+               ("stable1", "kv_usage_total"): 0.4, ("stable1", "p95_e2e"): 3.0,
+               ("canary1", "pods_reporting"): 1.0, ("canary1", "waiting_total"): 1.0}
+    asked: list[tuple[str, str, float]] = []
+
+    class Fake:
+        name = "fake"
+
+        def query(self, template: str, params: Mapping[str, str], window_seconds: float) -> float | None:
+            asked.append((params["revision"], template, window_seconds))
+            if (params["revision"], template) == ("canary1", "running_total"):
+                raise ProviderError("down")
+            return answers.get((params["revision"], template))
+
+    spec = validate_spec({**SPEC, "analysis": {"provider": {"scrape": {}}},
+                          "autoscaling": {"maxReplicas": 4, "targets": {"p95LatencySeconds": 2}}})
+    samples = measure_load(spec, "ns", "llm", {"stable1": 2, "canary1": 1, "gone": 0}, 30, None, Fake())
+    assert {r for r, _, _ in asked} == {"stable1", "canary1"} and {w for _, _, w in asked} == {30}
+    assert {t for _, t, _ in asked} == {"pods_reporting", "waiting_total", "running_total", "kv_usage_total", "p95_e2e"}
+    assert [(s.waiting, s.running) for s in samples.replicas] == [(1.0, None), (3.0, 2.0), (3.0, 2.0)]
+    assert samples.p95_latency_seconds == 3.0 and samples.p95_ttft_seconds is None
+    assert measure_load(validate_spec(SPEC), "ns", "llm", {"stable1": 2}, 30, None).replicas == \
+        (ReplicaSample(), ReplicaSample())  # no provider: every pod missing, the decision holds

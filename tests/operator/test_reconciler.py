@@ -72,6 +72,10 @@ class FakeCluster:
     def emit_event(self, owner: dict[str, Any], event: Event) -> None:
         self.log.append(("event", event.reason))
 
+    def scale_lad(self, namespace: str, name: str, replicas: int) -> None:
+        self.log.append(("scale", replicas))
+        self.lad["spec"]["replicas"] = replicas
+
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         if self.crash_on_status:
             raise Crash
@@ -161,6 +165,53 @@ def test_with_the_spec_invalid_a_deleted_stable_arm_is_restored_from_its_record(
     assert status["phase"] == "InvalidSpec" and status["currentRevision"] == running and status["readyReplicas"] == 2
 
 
+def test_the_arms_progress_deadline_follows_the_spec_and_an_invalid_spec_leaves_it_alone() -> None:
+    """The deployment controller's ProgressDeadlineExceeded (reported as Degraded) fires after the LAD's
+    `spec.rollout.progressDeadlineSeconds`, not a fixed 10 minutes; an invalid spec changes nothing live."""
+    cluster = FakeCluster()
+    cluster.lad["spec"].setdefault("rollout", {})["progressDeadlineSeconds"] = 45
+    reconcile(cluster)
+    assert cluster.objects[("Deployment", "tiny-llama-stable")]["spec"]["progressDeadlineSeconds"] == 45
+    cluster.lad["spec"]["localAttention"]["windowSize"] = 10**6  # invalid: beyond maxModelLen
+    cluster.lad["spec"]["rollout"]["progressDeadlineSeconds"] = 90
+    reconcile(cluster)
+    assert cluster.objects[("Deployment", "tiny-llama-stable")]["spec"]["progressDeadlineSeconds"] == 45
+
+
+def _tamper_record(cluster: FakeCluster) -> str:
+    """Edit the (only) revision record by hand: its content no longer hashes to its revision."""
+    ((key, record),) = [(k, o) for k, o in cluster.objects.items() if k[0] == "ControllerRevision"]
+    record["data"]["runtimeConfig"] = {**record["data"]["runtimeConfig"], "config.json": "{}"}
+    return key[1]
+
+
+def test_a_hand_edited_record_of_the_specs_revision_is_rebuilt_keeping_its_number() -> None:
+    cluster = FakeCluster()
+    reconcile(cluster)
+    name = _tamper_record(cluster)
+    number = cluster.objects[("ControllerRevision", name)]["revision"]
+    reconcile(cluster)
+    from localattn_operator.revision import parse_record
+
+    repaired = parse_record(cluster.objects[("ControllerRevision", name)])
+    assert repaired is not None and repaired.definition is not None and repaired.number == number
+    assert ("delete", "ControllerRevision") in cluster.log
+    assert ("event", "RevisionRecordUnusable") not in cluster.log
+
+
+def test_an_arm_whose_record_is_unusable_is_reported_not_guessed() -> None:
+    """With the spec invalid, nothing can rebuild the stable record: the deleted arm stays deleted (rendering
+    something else would be worse) and a Warning event says why."""
+    cluster = FakeCluster()
+    reconcile(cluster)
+    _tamper_record(cluster)
+    cluster.lad["spec"]["localAttention"]["windowSize"] = 10**6  # invalid: beyond maxModelLen
+    cluster.objects.pop(("Deployment", "tiny-llama-stable"))
+    reconcile(cluster)
+    assert "tiny-llama-stable" not in _arms(cluster)
+    assert ("event", "RevisionRecordUnusable") in cluster.log
+
+
 def test_a_spec_change_runs_a_canary_arm_and_promotes_it_keeping_capacity() -> None:
     cluster = FakeCluster()
     cluster.lad["spec"]["rollout"] = {"steps": []}
@@ -211,3 +262,89 @@ def test_of_several_requeue_requests_the_earliest_wins_and_one_pass_runs() -> No
 
     start = asyncio.run(run())
     assert len(passes) == 1 and 0.15 <= passes[0] - start < 0.5
+
+
+def _measured(reconciler: Reconciler, waiting_per_pod: float, pods: int) -> None:
+    """A load measurement as the measuring thread leaves it for the next pass."""
+    from localattn_operator.autoscaling_signals import ReplicaSample, Samples
+
+    sample = ReplicaSample(waiting=waiting_per_pod, running=2, kv_usage=0.1)
+    reconciler._loads[("ns", "tiny-llama")] = (time.monotonic(), Samples((sample,) * pods))
+
+
+def test_autoscaling_writes_the_status_then_the_scale_and_reverts_a_hand_scale() -> None:
+    cluster = FakeCluster()
+    cluster.lad["spec"]["autoscaling"] = {"minReplicas": 2, "maxReplicas": 4, "targets": {"waitingRequestsPerReplica": 2}}
+    reconciler = Reconciler(cluster)  # type: ignore[arg-type]
+    result = reconciler.reconcile_now("ns", "tiny-llama")  # nothing measured yet: holds at spec.replicas
+    assert result.load is not None and result.load.ready_by_revision == {cluster.lad["status"]["currentRevision"]: 2}
+    assert cluster.lad["status"]["autoscaling"]["desiredReplicas"] == 2 and not [k for k, _ in cluster.log if k == "scale"]
+    cluster.log.clear()
+    _measured(reconciler, 6, 2)  # 12 waiting over 2 pods, target 2 per replica: 6, clamped to 4
+    reconciler.reconcile_now("ns", "tiny-llama")
+    kinds = [k for k, _ in cluster.log]
+    assert kinds.index("event") < kinds.index("status") < kinds.index("scale")  # event, record, then the write
+    assert ("event", "ScaledUp") in cluster.log and ("scale", 4) in cluster.log
+    status = cluster.lad["status"]["autoscaling"]
+    assert status["desiredReplicas"] == 4 and status["lastDecision"]["signal"] == "waitingRequestsPerReplica"
+    assert _arms(cluster) == {"tiny-llama-stable": (cluster.lad["status"]["currentRevision"], 4)}
+    cluster.log.clear()
+    reconciler.reconcile_now("ns", "tiny-llama")  # no new measurement: nothing decided, nothing written
+    assert not [k for k, _ in cluster.log if k in ("scale", "event")]
+    cluster.lad["spec"]["replicas"] = 3  # kubectl scale: reverted, with a Warning naming the way out
+    reconciler.reconcile_now("ns", "tiny-llama")
+    assert ("event", "ScaleReverted") in cluster.log and ("scale", 4) in cluster.log
+    assert _arms(cluster)["tiny-llama-stable"][1] == 4
+
+
+def test_mid_rollout_the_autoscaled_total_is_split_by_the_weight_within_max() -> None:
+    cluster = FakeCluster()
+    cluster.lad["spec"]["autoscaling"] = {"minReplicas": 2, "maxReplicas": 4, "targets": {"waitingRequestsPerReplica": 2}}
+    cluster.lad["spec"]["rollout"] = {"steps": [{"setWeight": 50}, {"pause": {}}], "maxSurge": 0}
+    reconciler = Reconciler(cluster)  # type: ignore[arg-type]
+    reconciler.reconcile_now("ns", "tiny-llama")
+    cluster.lad["spec"]["localAttention"]["windowSize"] = 256
+    cluster.lad["metadata"]["generation"] = 2
+    for _ in range(4):
+        reconciler.reconcile_now("ns", "tiny-llama")
+    assert sorted(r for _rev, r in _arms(cluster).values()) == [1, 1]  # 50% of 2
+    _measured(reconciler, 6, 2)
+    reconciler.reconcile_now("ns", "tiny-llama")
+    reconciler.reconcile_now("ns", "tiny-llama")
+    arms = _arms(cluster)
+    assert cluster.lad["status"]["autoscaling"]["desiredReplicas"] == 4
+    assert sorted(r for _rev, r in arms.values()) == [2, 2]  # the weight kept, the total at maxReplicas
+    assert cluster.lad["status"]["rollout"]["phase"] in ("Progressing", "Paused")
+
+
+def test_an_invalid_spec_keeps_the_autoscalers_record() -> None:
+    cluster = FakeCluster()
+    cluster.lad["spec"]["autoscaling"] = {"minReplicas": 2, "maxReplicas": 4, "targets": {"waitingRequestsPerReplica": 2}}
+    reconciler = Reconciler(cluster)  # type: ignore[arg-type]
+    _measured(reconciler, 6, 2)
+    reconciler.reconcile_now("ns", "tiny-llama")
+    kept = cluster.lad["status"]["autoscaling"]
+    cluster.lad["spec"]["localAttention"]["windowSize"] = 10**6  # invalid: the running version keeps serving
+    reconciler.reconcile_now("ns", "tiny-llama")
+    assert cluster.lad["status"]["autoscaling"] == kept and cluster.lad["status"]["phase"] == "InvalidSpec"
+
+
+def test_the_rollout_step_and_weight_gauges_follow_the_canary() -> None:
+    """`localattn_operator_rollout_step` (the dashboard's step panel): 1-based while a canary runs, 0 after."""
+    from prometheus_client import REGISTRY
+
+    def gauge(name: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"namespace": "ns", "lad": "tiny-llama"})
+
+    cluster = FakeCluster()
+    cluster.lad["spec"]["rollout"] = {"steps": [{"pause": {}}]}
+    reconcile(cluster)
+    assert gauge("localattn_operator_rollout_step") == 0
+    cluster.lad["spec"]["localAttention"]["windowSize"] = 256
+    cluster.lad["metadata"]["generation"] = 2
+    for _ in range(4):
+        reconcile(cluster)
+    rollout = cluster.lad["status"]["rollout"]
+    assert rollout["canaryRevision"] and rollout["phase"] == "Paused", rollout["phase"]
+    assert gauge("localattn_operator_rollout_step") == rollout["stepIndex"] + 1 == 1
+    assert gauge("localattn_operator_canary_weight_percent") == rollout["achievedWeight"]

@@ -179,3 +179,21 @@ def test_each_arm_selects_its_own_track_and_the_service_selects_both() -> None:
     cm = render_config_map(OWNER, definition)
     assert cm["metadata"]["name"] == f"llama-runtime-{definition.revision}" and cm["immutable"] is True
     assert children(RAW)["Service"]["spec"]["selector"] == {"localattn.dev/deployment": "llama"}
+
+
+def test_an_arms_inference_pool_selects_that_arms_pods_on_the_serving_port() -> None:
+    """backendKind InferencePool: the pool is the route's backendRef, so it must select exactly the arm's pods
+    (the Inference Extension v1 schema: selector.matchLabels, targetPorts, endpointPickerRef)."""
+    from localattn_operator.models import EndpointPickerRef
+    from localattn_operator.render import arm_inference_pool, definition_of, render_arm
+
+    definition = definition_of(validate_spec(RAW))
+    pool = arm_inference_pool(OWNER, definition, "canary", EndpointPickerRef(name="epp", port=9002))
+    arm = render_arm(OWNER, definition, "canary", 1)
+    assert (pool["apiVersion"], pool["kind"], pool["metadata"]["name"]) == (
+        "inference.networking.k8s.io/v1", "InferencePool", "llama-canary")
+    assert pool["spec"]["selector"]["matchLabels"] == arm["spec"]["selector"]["matchLabels"]
+    port = arm["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+    assert pool["spec"]["targetPorts"] == [{"number": port}]
+    assert pool["spec"]["endpointPickerRef"] == {"name": "epp", "port": {"number": 9002}, "failureMode": "FailClose"}
+    assert pool["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid

@@ -321,3 +321,6 @@ def test_printer_columns_and_protected_revisions() -> None:
     idle = RolloutStatus(stable_revision=A, last_analysis=last)
     assert printer_columns(idle) == (None, 2.0, 0.9)
     assert protected_revisions(RolloutStatus(stable_revision=B, previous_revision=A, draining_revision=C)) == {A, B, C}
+    long = last.model_copy(update={"stable": ArmAnalysisStatus(revision=A, p95_latency_seconds=0.23761904761904762,
+                                                               probe_exact_match=2 / 3)})
+    assert printer_columns(RolloutStatus(stable_revision=A, last_analysis=long)) == (None, 0.238, 0.667)

@@ -56,7 +56,7 @@ def problems(**extra: Any) -> list[str]:
          "spec.analysis.thresholds.maxPerplexityRatio: no metric source; set spec.probe.enabled"),
         ({"analysis": {"thresholds": {"maxExactMatchDrop": 0.1}}}, "spec.analysis.thresholds.maxExactMatchDrop"),
         ({"analysis": {"thresholds": {"minAgreement": 0.9}}},
-         "spec.analysis.thresholds.minAgreement: no metric source (the paired comparison is not available"),
+         "spec.analysis.thresholds.minAgreement: no metric source; set spec.pairedComparison.enabled"),
         ({"analysis": {"lengthBuckets": [512, 512]}}, "spec.analysis.lengthBuckets[1] (512) must be greater"),
         ({"analysis": {"lengthBuckets": [512, 9000]}}, "spec.analysis.lengthBuckets[1] (9000) is not below"),
         ({"analysis": {"provider": {"prometheus": {"url": "prometheus:9090"}}}},
@@ -76,7 +76,8 @@ def test_a_full_rollout_spec_is_accepted() -> None:
         rollout={"steps": [{"setWeight": 10, "analysisInterval": "2m"}, {"pause": {"duration": "5m"}},
                            {"setWeight": 50}, {"pause": {}}, {"setWeight": 100}],
                  "maxSurge": 0, "postPromotionGuard": "30m",
-                 "router": {"gatewayAPI": {"httpRoute": "llm", "backendKind": "InferencePool"}}},
+                 "router": {"gatewayAPI": {"httpRoute": "llm", "backendKind": "InferencePool",
+                                           "endpointPicker": {"name": "epp"}}}},
         analysis={"thresholds": {"maxPerplexityRatio": 1.05, "maxExactMatchDrop": 0.05,
                                  "minCostSavingPercent": 10, "maxLatencyRegressionPercent": {"ttft": None}},
                   "lengthBuckets": [512, 2048], "provider": {"prometheus": {"url": "http://prom:9090"}, "scrape": {}}},
@@ -86,9 +87,14 @@ def test_a_full_rollout_spec_is_accepted() -> None:
     ) == []
 
 
-def test_the_paired_comparison_is_refused_until_the_executor_sends_its_prompts() -> None:
+def test_the_paired_comparison_needs_prompts_and_the_agreement_floor_needs_the_comparison() -> None:
     assert problems(pairedComparison={"enabled": True}) == [
-        "spec.pairedComparison.enabled: not available in this operator version yet; leave it false"]
+        "spec.pairedComparison.enabled: no prompts; set spec.probe.goldenSet or spec.pairedComparison.prompts"]
+    assert problems(pairedComparison={"enabled": True, "prompts": {"name": "p", "key": "k"}}) == []
+    assert problems(probe={"enabled": True, "goldenSet": {"name": "g", "key": "k"}},
+                    pairedComparison={"enabled": True}) == []
+    assert problems(analysis={"thresholds": {"minAgreement": 0.9}}) == [
+        "spec.analysis.thresholds.minAgreement: no metric source; set spec.pairedComparison.enabled"]
 
 
 def test_a_prometheus_url_with_credentials_is_refused_without_echoing_them() -> None:
@@ -170,3 +176,29 @@ def test_fuzz_no_input_crashes_and_every_rejection_names_its_field(extra: dict[s
     d = step(None, Observation("a", ArmObservation("a", 4, 4, 4)), spec, now)
     d = step(d.status, Observation("b", ArmObservation("a", 4, 4, 4), None), spec, now)
     step(d.status, Observation("b", ArmObservation("a", 4, 4, 4), ArmObservation("b", 1, 1, 1)), spec, now)
+
+
+def test_with_autoscaling_the_lowest_count_is_min_replicas() -> None:
+    """The operator itself may scale spec.replicas down to minReplicas; judged on spec.replicas alone, its own
+    scale-down to 1 would turn a maxSurge-0 canary spec invalid mid-flight."""
+    from localattn_operator.rollout_validation import rollout_problems
+    from localattn_operator.validation import validate_spec
+
+    base = {"model": {"uri": "pvc://models/llama"}, "replicas": 3,
+            "rollout": {"steps": [{"setWeight": 50}], "maxSurge": 0}}
+    assert not [p for p in rollout_problems(validate_spec(base)) if "maxSurge" in p]
+    scaled = {**base, "autoscaling": {"minReplicas": 1, "maxReplicas": 4, "targets": {"waitingRequestsPerReplica": 2}}}
+    from localattn_operator.validation import SpecError
+    try:
+        problems = rollout_problems(validate_spec(scaled))
+    except SpecError as exc:
+        problems = exc.problems
+    assert any("spec.autoscaling.minReplicas 1 leaves no pod for stable" in p for p in problems), problems
+
+
+def test_inference_pool_backends_need_an_endpoint_picker() -> None:
+    route = {"httpRoute": "llm", "backendKind": "InferencePool"}
+    assert problems(rollout={"router": {"gatewayAPI": route}}) == [
+        "spec.rollout.router.gatewayAPI.endpointPicker: backendKind InferencePool needs endpointPicker (the pools' "
+        "spec.endpointPickerRef)"]
+    assert problems(rollout={"router": {"gatewayAPI": {**route, "endpointPicker": {"name": "epp"}}}}) == []

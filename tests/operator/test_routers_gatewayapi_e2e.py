@@ -2,18 +2,18 @@
 
 The router's I/O is injected; here `get`/`patch` are bound to the kubernetes client the way the executor binds
 them through k8s.py (merge patch, timeouts, 404 -> None, other errors -> RouterError). No registry ships the
-Gateway API CRDs, so the test installs a structural HTTPRoute schema of its own for the fields the router
-touches (group, version, kind and field names as upstream, `weight` defaulting to 1) unless the cluster has one.
+Gateway API CRDs: the dev cluster's own structural HTTPRoute schema (`localattn_dev.gatewayschema`, group,
+version, kind and field names as upstream, `weight` defaulting to 1) is the one used, as `dev up` installs it.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 
+from localattn_dev.gatewayschema import ensure_installed
 from localattn_operator.routers.gatewayapi import (
     HTTPROUTE_GROUP,
     HTTPROUTE_PLURAL,
@@ -26,38 +26,11 @@ from localattn_operator.traffic_router import RouterError
 from localattn_operator.weights import RouteWeights
 
 pytestmark = pytest.mark.e2e
-_LOOSE = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-_REF = {"type": "object", "required": ["name"], "properties": {
-    "group": {"type": "string"}, "kind": {"type": "string"}, "name": {"type": "string"},
-    "namespace": {"type": "string"}, "port": {"type": "integer"},
-    "weight": {"type": "integer", "minimum": 0, "maximum": 1000000, "default": 1}}}
-CRD: dict[str, Any] = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    # *.k8s.io groups are protected: upstream's CRDs carry this approval annotation (the apiserver requires it).
-    "metadata": {"name": f"{HTTPROUTE_PLURAL}.{HTTPROUTE_GROUP}",
-                 "annotations": {"api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api/pull/2466"}},
-    "spec": {"group": HTTPROUTE_GROUP, "scope": "Namespaced",
-             "names": {"kind": "HTTPRoute", "listKind": "HTTPRouteList", "plural": HTTPROUTE_PLURAL,
-                       "singular": "httproute"},
-             "versions": [{"name": HTTPROUTE_VERSION, "served": True, "storage": True,
-                           "subresources": {"status": {}},
-                           "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                               "spec": {"type": "object", "properties": {
-                                   "parentRefs": {"type": "array", "items": _LOOSE},
-                                   "hostnames": {"type": "array", "items": {"type": "string"}},
-                                   "rules": {"type": "array", "items": {"type": "object", "properties": {
-                                       "matches": {"type": "array", "items": _LOOSE},
-                                       "filters": {"type": "array", "items": _LOOSE},
-                                       "backendRefs": {"type": "array", "items": _REF}}}}}},
-                               "status": _LOOSE}}}}]},
-}
 
 
 @pytest.fixture(scope="module")
 def routes_api(k8s: Any) -> Iterator[Any]:
-    if k8s.kubectl("get", "crd", CRD["metadata"]["name"], check=False).returncode != 0:
-        k8s.kubectl("apply", "-f", "-", input=json.dumps(CRD))
-    k8s.kubectl("wait", "--for", "condition=established", "--timeout=60s", f"crd/{CRD['metadata']['name']}")
+    ensure_installed(k8s.kubeconfig)  # the dev cluster's own schema (`dev up` installs it too); kept if present
     from kubernetes import client, config
 
     api = config.new_client_from_config(config_file=str(k8s.kubeconfig))

@@ -134,6 +134,9 @@ def test_window_of_picks_the_scrape_nearest_the_windows_start() -> None:
     assert [s.time for s in w.within] == [90.0, 120.0]
     assert window_of(snaps[-2:], 61) is None          # 30 s of history: under half of a 61 s window
     assert window_of(snaps[:1], 60) is None
+    # A sampling gap: the only earlier snapshot is 100 s old, so a "30 s" rate would be over 100 s of traffic.
+    assert window_of([Snapshot(0.0, {}), Snapshot(100.0, {})], 30) is None
+    assert window_of([Snapshot(0.0, {}), Snapshot(44.0, {})], 30) is not None  # within 1.5x: measured as 44 s
 
 
 def test_state_is_bounded_and_forgets_pods() -> None:
@@ -146,3 +149,25 @@ def test_state_is_bounded_and_forgets_pods() -> None:
     assert [s.time for s in state.history["http://127.1.1.2:8000/metrics"]] == [10_000.0]
     state.forget_except({"http://127.1.1.2:8000/metrics"})
     assert set(state.history) == {"http://127.1.1.2:8000/metrics"}
+
+
+def test_the_autoscalers_load_gauges_are_averaged_per_pod_and_summed() -> None:
+    """queries.LOAD_TEMPLATES as the scrape provider answers them: each pod's gauge over the window, summed over
+    the arm's pods; a pod without the series is not counted as reporting (missing, not zero)."""
+    def gauges(waiting: float, running: float, usage: float) -> str:
+        return ("# TYPE vllm:num_requests_waiting gauge\n"
+                f'vllm:num_requests_waiting{{engine="0",model_name="m"}} {waiting}\n'
+                "# TYPE vllm:num_requests_running gauge\n"
+                f'vllm:num_requests_running{{engine="0",model_name="m"}} {running}\n'
+                "# TYPE vllm:kv_cache_usage_perc gauge\n"
+                f'vllm:kv_cache_usage_perc{{engine="0",model_name="m"}} {usage}\n')
+
+    a = PodWindow(parse(gauges(9, 9, 0.9), 0), parse(gauges(4, 2, 0.4), 20),
+                  (parse(gauges(2, 2, 0.2), 10), parse(gauges(4, 2, 0.4), 20)))
+    b = PodWindow(parse(gauges(0, 0, 0), 0), parse(gauges(1, 1, 0.1), 20), (parse(gauges(1, 1, 0.1), 20),))
+    silent = PodWindow(parse(exposition(1, 1, 1), 0), parse(exposition(2, 2, 2), 20), (parse(exposition(2, 2, 2), 20),))
+    assert evaluate("pods_reporting", [a, b, silent]) == 2
+    assert evaluate("waiting_total", [a, b, silent]) == pytest.approx(3 + 1)  # the start scrape is outside (start, end]
+    assert evaluate("running_total", [a, b]) == pytest.approx(2 + 1)
+    assert evaluate("kv_usage_total", [a, b]) == pytest.approx(0.3 + 0.1)
+    assert evaluate("pods_reporting", [silent]) is None and evaluate("waiting_total", [silent]) is None

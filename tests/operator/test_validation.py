@@ -77,7 +77,7 @@ def test_gpus_and_tensor_parallelism() -> None:
 
 def test_env_needs_exactly_one_source() -> None:
     msg = problems(spec(runtime={"env": [{"name": "A"}]}))
-    assert "spec.runtime.env[A]" in msg
+    assert "spec.runtime.env[0]: set exactly one of value or secretKeyRef (A)" in msg  # the index, as the apiserver names it
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -122,6 +122,7 @@ def test_schema_and_parser_agree_on_what_is_invalid() -> None:
         {"globalLayers": {"every": 0}}, {"globalLayers": {"indices": [1, 1]}}, {"globalLayers": {"offset": 1}},
         {"globalLayers": {"indices": [1], "every": 2}}, {"probe": {"maxTokens": 0}}, {"probe": {"x": 1}},
         {"probe": {"intervalSeconds": 0}}, {"planFile": ""}, {"enabled": "yes"},
+        {"lengthBuckets": [0]}, {"lengthBuckets": "512"},
     ]
     for obj in bad:
         with pytest.raises(jsonschema.ValidationError):
@@ -129,3 +130,20 @@ def test_schema_and_parser_agree_on_what_is_invalid() -> None:
         with pytest.raises(config.ConfigError):
             config.parse(obj)
     assert config.parse({}).global_layers == GlobalLayers()
+
+
+@pytest.mark.parametrize("length_buckets", [None, [256], [300, 1000, 5000]])
+def test_the_runtime_labels_latency_with_the_buckets_the_operator_queries(length_buckets: list[int] | None) -> None:
+    """The runtime's `length_bucket` labels (from the rendered config) are the ones the analysis asks for."""
+    from localattn_operator import queries
+
+    raw = _raw({"windowSize": 128}, None, None, None)
+    if length_buckets is not None:
+        raw["analysis"] = {"lengthBuckets": length_buckets}
+    spec = validate_spec(raw)
+    kids = {c["kind"]: c for c in render_children(OWNER, spec)}
+    rendered = json.loads(kids["ConfigMap"]["data"][contract.CONFIG_FILE])
+    jsonschema.validate(rendered, contract.schema())
+    runtime_edges = config.parse(rendered).bucket_boundaries()
+    operator_edges = queries.spec_bucket_boundaries(spec.analysis.length_buckets, spec.local_attention.window_size)
+    assert runtime_edges == operator_edges == (length_buckets or [128, 512])

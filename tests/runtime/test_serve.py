@@ -158,6 +158,42 @@ def test_metrics_show_vllm_and_localattn(server: str) -> None:
     assert _value(text, "localattn_kv_blocks_freed_total") >= 3 * ((700 - 64) // 128 - 1)
 
 
+def _series(text: str, name: str) -> dict[str, float]:
+    """{label set: value} of one metric's samples (`{length_bucket="0-64"}` -> value)."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            key, value = line.rsplit(" ", 1)
+            out[key[len(name):]] = float(value)
+    return out
+
+
+def test_latency_histogram_by_prompt_length_bucket(server: str) -> None:
+    """One request per bucket (W=64: 0-64 below the window, 64-256, 256-inf): each lands in its own bucket, and
+    the buckets together count (and time) exactly what vLLM's own e2e histogram does."""
+    name = "localattn_request_latency_seconds"
+    before = _metrics(server)
+    for n in (10, 100, 300):
+        status, body = _http("POST", f"{server}/v1/completions",
+                             {"model": "tiny", "prompt": [5] * n, "max_tokens": 2, "temperature": 0})
+        assert status == 200, body
+    want = {f'{{length_bucket="{b}"}}': 1.0 for b in ("0-64", "64-256", "256-inf")}
+    deadline = time.monotonic() + 10  # vLLM records a request's stats just after its response may have left
+    while True:
+        after = _metrics(server)
+        delta = {k: v - _series(before, name + "_count").get(k, 0.0)
+                 for k, v in _series(after, name + "_count").items()}
+        same = _value(after, name + "_count") == _value(after, "vllm:e2e_request_latency_seconds_count")
+        if (delta == want and same) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert delta == want, delta
+    assert same, (_value(after, name + "_count"), _value(after, "vllm:e2e_request_latency_seconds_count"))
+    assert _value(after, name + "_sum") == pytest.approx(_value(after, "vllm:e2e_request_latency_seconds_sum"),
+                                                         rel=1e-6)
+    assert '# TYPE localattn_request_latency_seconds histogram' in after
+
+
 @pytest.mark.parametrize(("config", "field"), [
     ({"windowSize": 0}, "windowSize"),  # (every field's validation: test_config.py)
     ({"globalLayers": {"indices": [0, 9]}}, "globalLayers.indices"),  # the tiny model has 4 layers
@@ -169,3 +205,17 @@ def test_bad_config_fails_fast_naming_the_field(tiny_random_model: Path, config:
     assert proc.returncode != 0
     assert f"localattn config: {field}" in proc.stdout + proc.stderr
 
+
+
+def test_the_operators_paired_client_reads_greedy_token_ids_from_a_real_server(server: str) -> None:
+    """What the operator's paired comparison sends (providers/completions.py) against real vLLM: greedy token
+    ids with their logprobs, the same ones twice, with and without the served model name."""
+    from localattn_operator.paired import Pair, score
+    from localattn_operator.providers.completions import greedy
+
+    prompt = "def fibonacci(n):\n    "
+    length, first = greedy(server, "tiny", prompt, 8)
+    _, again = greedy(server, None, prompt, 8)
+    assert length > 3 and 1 <= len(first.tokens) <= 8 and all(isinstance(t, int) for t in first.tokens)
+    assert all(v <= 0 for v in first.logprobs) and any(v < 0 for v in first.logprobs)
+    assert score(Pair(length, first, again)).agreement == 1.0

@@ -70,6 +70,10 @@ it on a real apiserver.
 - apiGroups: ["localattn.dev"]
   resources: ["localattndeployments/status"]
   verbs: ["patch"]
+# spec.autoscaling: the operator owns spec.replicas and writes each decision through the scale subresource.
+- apiGroups: ["localattn.dev"]
+  resources: ["localattndeployments/scale"]
+  verbs: ["patch"]
 # Children, written with server-side apply: PATCH, which the apiserver also authorises as create when the
 # object does not exist yet. Watched (kopf) to reconcile when they change or vanish. Deleted: an arm the rollout
 # no longer runs, a migrated LAD's single Deployment, superseded per-revision runtime ConfigMaps.
@@ -95,6 +99,15 @@ it on a real apiserver.
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
   verbs: ["get", "patch"]
+# backendKind InferencePool: one InferencePool per arm (the route's backendRefs), written with server-side apply.
+- apiGroups: ["inference.networking.k8s.io"]
+  resources: ["inferencepools"]
+  verbs: ["get", "create", "patch"]
+# spec.networkPolicy: the LAD's own NetworkPolicy, applied (server-side apply: patch, create when missing),
+# listed by label and deleted when turned off.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 # Events on LocalAttnDeployments (ours and kopf's).
 - apiGroups: [""]
   resources: ["events"]
@@ -105,8 +118,16 @@ it on a real apiserver.
 Cross-field checks the schema cannot express. Included by the Deployment, so every render runs them.
 */}}
 {{- define "localattn.validate" -}}
-{{- if ne (int .Values.replicaCount) 1 }}
-{{- fail (printf "replicaCount must be 1 (got %v): the operator runs kopf in standalone mode without peering, so a second replica would reconcile the same objects concurrently" .Values.replicaCount) }}
+{{- if lt (int .Values.replicaCount) 1 }}
+{{- fail (printf "replicaCount must be at least 1 (got %v)" .Values.replicaCount) }}
+{{- end }}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
+{{- fail (printf "replicaCount %v needs leaderElection.enabled: without a leader, every replica would reconcile the same objects concurrently" .Values.replicaCount) }}
+{{- end }}
+{{- with .Values.leaderElection }}
+{{- if and .enabled (not (and (lt (float64 .retryPeriodSeconds) (float64 .renewDeadlineSeconds)) (lt (float64 .renewDeadlineSeconds) (float64 .leaseDurationSeconds)))) }}
+{{- fail (printf "leaderElection needs retryPeriodSeconds < renewDeadlineSeconds < leaseDurationSeconds (got %v, %v, %v): a leader must stop before its lease can be taken" .retryPeriodSeconds .renewDeadlineSeconds .leaseDurationSeconds) }}
+{{- end }}
 {{- end }}
 {{- if and (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) }}
 {{- fail "serviceAccount.name is required when serviceAccount.create is false: name the existing ServiceAccount the operator should run as" }}

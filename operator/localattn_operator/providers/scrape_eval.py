@@ -92,13 +92,15 @@ class PodWindow:
 def window_of(snapshots: Sequence[Snapshot], seconds: float, min_fraction: float = 0.5) -> PodWindow | None:
     """The window ending at the newest snapshot and starting at the one nearest `seconds` before it.
 
-    None when no earlier snapshot covers at least `min_fraction` of the window (a rate over a much shorter
-    span would be measured on other traffic than the canary's verdict is about)."""
+    None when no earlier snapshot spans between `min_fraction` and `2 - min_fraction` of the window: a rate
+    over a much shorter span, or over a much longer one (traffic from before the canary started, after a gap
+    in sampling), would be measured on other traffic than the verdict is about."""
     if len(snapshots) < 2:
         return None
     end = snapshots[-1]
     target = end.time - seconds
-    earlier = [s for s in snapshots[:-1] if end.time - s.time >= max(min_fraction * seconds, 1e-3)]
+    shortest, longest = max(min_fraction * seconds, 1e-3), (2 - min_fraction) * seconds
+    earlier = [s for s in snapshots[:-1] if shortest <= end.time - s.time <= longest]
     if not earlier:
         return None
     start = min(earlier, key=lambda s: abs(s.time - target))
@@ -208,6 +210,10 @@ def _avg(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+_LOAD_GAUGES = {"pods_reporting": "vllm:kv_cache_usage_perc", "waiting_total": "vllm:num_requests_waiting",
+                "running_total": "vllm:num_requests_running", "kv_usage_total": "vllm:kv_cache_usage_perc"}
+
+
 def evaluate(name: str, pods: Sequence[PodWindow], bucket: str | None = None) -> float | None:
     """The value `queries.TEMPLATES[name]` has over these pod windows (the arm); None: no data."""
     if name not in queries.TEMPLATES:
@@ -238,6 +244,12 @@ def evaluate(name: str, pods: Sequence[PodWindow], bucket: str | None = None) ->
               "bucket_probe_exact_match": queries.PROBE_EXACT_MATCH_METRIC}
     if name in gauges:
         return _avg(_over_time(pods, gauges[name], in_bucket, lambda v: sum(v) / len(v)))
+    if name in _LOAD_GAUGES:  # the autoscaler's: each pod's series averaged over the window, summed (or counted)
+        averages = _over_time(pods, _LOAD_GAUGES[name], lambda _: True, lambda v: sum(v) / len(v))
+        if name == "pods_reporting":
+            reporting = [p for p in pods if _over_time([p], _LOAD_GAUGES[name], lambda _: True, len)]
+            return float(len(reporting)) if reporting else None
+        return sum(averages) if averages else None
     if name == "probe_age":
         ages = _over_time(pods, queries.PROBE_AGE_METRIC, lambda _: True, min)
         return max(ages) if ages else None

@@ -13,7 +13,9 @@ patch replaces lists whole, so the patch carries every rule as read with only th
 Kubernetes client (`k8s.py`, group `gateway.networking.k8s.io`, version `v1`, plural `httproutes`, content type
 `application/merge-patch+json`, with the client's timeouts). `get` returns None for a missing route; it raises
 `RouterError` when the HTTPRoute CRD is not installed (404 on the resource type) and for API errors, and
-`patch` raises `RouterError` on a 409 conflict or any other failure. Nothing else is ever changed.
+`patch` raises `RouterError` on a 409 conflict or any other failure. Nothing else is ever changed: a
+`RouterError` holds the rollout where it stands (`rollout.hold_for_router`) with a `TrafficRouterError`
+condition. The dev cluster's proxy serves HTTPRoutes with these weights (docs/devcluster.md, "HTTPRoutes").
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from localattn_operator.weights import RouteWeights
 HTTPROUTE_GROUP = "gateway.networking.k8s.io"
 HTTPROUTE_VERSION = "v1"
 HTTPROUTE_PLURAL = "httproutes"
-INFERENCE_POOL_GROUP = "inference.networking.x-k8s.io"
+INFERENCE_POOL_GROUP = "inference.networking.k8s.io"  # the Inference Extension v1 (GA) API group
 BackendKind = Literal["Service", "InferencePool"]
 _GROUPS: dict[str, str] = {"Service": "", "InferencePool": INFERENCE_POOL_GROUP}
 DEFAULT_WEIGHT = 1  # Gateway API: a backendRef without `weight` weighs 1

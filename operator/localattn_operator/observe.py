@@ -34,6 +34,7 @@ class Inventory:
     legacy: dict[str, Any] | None = None  # the one Deployment (named like the LAD) of operators before arms
     config_maps: list[dict[str, Any]] = field(default_factory=list)
     pods: list[dict[str, Any]] = field(default_factory=list)
+    terminating: int = 0  # pods being deleted that still run (and hold their GPUs)
 
     def arm_revision(self, track: Track) -> str | None:
         dep = self.arms.get(track)
@@ -68,8 +69,10 @@ def take_inventory(cluster: Cluster, namespace: str, name: str, uid: str) -> Inv
         elif dep_name == name:
             inv.legacy = dep
     inv.config_maps = [c for c in cluster.list_objects("v1", "ConfigMap", namespace, selector_string(name)) if _owned_by(c, uid)]
-    inv.pods = [p for p in cluster.pods(namespace, selector_string(name))
-                if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    pods = cluster.pods(namespace, selector_string(name))
+    inv.pods = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    inv.terminating = sum(1 for p in pods if (p.get("metadata") or {}).get("deletionTimestamp")
+                          and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
     return inv
 
 

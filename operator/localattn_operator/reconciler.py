@@ -296,6 +296,7 @@ class Reconciler:
             stable=arm_observation(inv, "stable"), canary=arm_observation(inv, "canary"),
             recorded_revisions=frozenset(r for r, rec in inv.records.items() if rec.definition is not None),
             annotations=meta.get("annotations") or {}, verdict=verdict, router_weight=router_weight,
+            terminating=inv.terminating,
         )
         # Autoscaling (docs/autoscaling.md) decides the LAD's total; rollout.step splits it between the arms by the
         # weight. The total is written to status.autoscaling, then to spec.replicas (the scale subresource).

@@ -103,7 +103,8 @@ class _Pass(PassBase):
             return
         target, ready = self.step_target(), self.ready()
         if st.settled_at is None:
-            if transfer(self.n, self.surge, target, self.current, ready) != target or ready.canary < target.canary \
+            if transfer(self.n, self.surge, target, self.current, ready, self.obs.terminating) != target \
+                    or ready.canary < target.canary \
                     or ready.stable < target.stable:
                 waited = self.since(st.step_started_at)
                 deadline = self.ro.progress_deadline_seconds
@@ -242,7 +243,7 @@ class _Pass(PassBase):
                               available_of(self.obs.canary, st.canary_revision))
             weights = route_weights(st.desired_weight, available, target)
         current = self.current
-        planned = transfer(self.n, self.surge, target, current, ready)
+        planned = transfer(self.n, self.surge, target, current, ready, self.obs.terminating)
         st.stable_replicas, st.canary_replicas = planned.stable, planned.canary
         arms = (ArmPlan("stable", stable_rev, planned.stable), ArmPlan("canary", st.canary_revision, planned.canary))
         # the shrinking arm first, so that its GPUs are freed for the growing one (maxSurge 0)

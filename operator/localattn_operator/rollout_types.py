@@ -49,6 +49,9 @@ class Observation:
     annotations: Mapping[str, str] = field(default_factory=dict)
     verdict: Verdict | None = None  # the answer to `analysis_due(...)`, if the executor measured it
     router_weight: int | None = None  # gatewayAPI: the canary weight read back from the route
+    # The LAD's pods being deleted but not gone yet: they still hold their GPUs (a replacement scheduled on a
+    # spare GPU meanwhile would raise the GPU count above the budget, which maxSurge 0 promises never happens).
+    terminating: int = 0
 
 
 @dataclass(frozen=True)

@@ -82,12 +82,15 @@ def step_split(replicas: int, weight: int, surge: int, router: RouterKind = "rep
     return Split(min(n, total - canary), canary)
 
 
-def transfer(replicas: int, surge: int, target: Split, current: Split, ready: Split) -> Split:
+def transfer(replicas: int, surge: int, target: Split, current: Split, ready: Split, held: int = 0) -> Split:
     """The next replica split on the way from `current` (last planned) to `target`.
 
     The shrinking arm keeps every pod the growing arm has not yet replaced with a ready one (less one when
     `surge` is 0, whose GPU the replacement needs); the growing arm gets what the budget `replicas + surge`
-    leaves. Called again on every pass, it advances as pods become ready; it never scales a shrinking arm up.
+    leaves after the shrinking arm's pods as last planned (those this pass removes still hold their GPUs while
+    they terminate) and the `held` ones (deleted earlier, still terminating): so the pods holding GPUs never
+    exceed the budget, not even for a moment on a cluster with spare GPUs. Called again on every pass, it
+    advances as pods become ready and terminated ones go; it never scales a shrinking arm up.
     """
     unavailable = 0 if surge > 0 else 1
     budget = replicas + surge
@@ -103,7 +106,7 @@ def transfer(replicas: int, surge: int, target: Split, current: Split, ready: Sp
         stable = min(target.stable, budget)
         return Split(stable, min(target.canary, max(0, budget - stable)))
     shrink = max(shrink_t, min(shrink_c, replicas - unavailable - grow_ready))
-    grow = min(grow_t, max(0, budget - shrink))
+    grow = min(grow_t, max(0, budget - shrink_c - held))
     return Split(shrink, grow) if canary_grows else Split(grow, shrink)
 
 

@@ -20,6 +20,7 @@ nothing), `W-4W` and `4W-inf` — the labels the operator's per-bucket analysis 
 from __future__ import annotations
 
 import glob
+import math
 import os
 import tempfile
 import threading
@@ -153,10 +154,19 @@ def observe_request(prompt_tokens: int, e2e_seconds: float, boundaries: list[int
     _observe(REQUEST_LATENCY, max(0.0, e2e_seconds), labels, LATENCY_BUCKETS)
 
 
-def set_probe_result(perplexity: float, exact_match: float) -> None:
-    """Publish one successful probe run (age restarts at 0)."""
+def set_probe_result(perplexity: float, exact_match: float,
+                     by_bucket: Mapping[str, tuple[float, float]] | None = None) -> None:
+    """Publish one successful probe run (age restarts at 0): the aggregate without a bucket label, and each
+    length bucket's (perplexity, exact match) with `length_bucket`; a bucket with nothing scored (NaN) is left
+    out rather than published as NaN, so the gate sees missing data, not a number."""
     _set(PROBE_PERPLEXITY, perplexity)
     _set(PROBE_EXACT_MATCH, exact_match)
+    for bucket, (ppl, em) in (by_bucket or {}).items():
+        labels = {contract.BUCKET_LABEL: bucket}
+        if not math.isnan(ppl):
+            _set(PROBE_PERPLEXITY, ppl, labels)
+        if not math.isnan(em):
+            _set(PROBE_EXACT_MATCH, em, labels)
     _set(PROBE_AGE, 0.0)
     _inc(PROBE_RUNS, 1.0, {"outcome": "ok"})
 

@@ -18,9 +18,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import localattn_contract as contract
 from localattn_runtime import golden, metrics
 
 log = logging.getLogger("localattn.probe")
@@ -33,6 +34,10 @@ class ProbeResult:
     perplexity: float
     exact_match: float
     tokens_scored: int
+    # length_bucket label -> (perplexity, exact match), NaN where the bucket had nothing to score. Perplexity by
+    # the context each token was predicted from (below the window local attention changes nothing, beyond it
+    # everything); exact match by the prompt's length. The same buckets as the latency histogram.
+    by_bucket: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 # --- pure scoring -------------------------------------------------------------------------------------------
@@ -45,6 +50,16 @@ def perplexity(logprob_lists: Sequence[Sequence[float]]) -> float:
     if n == 0:
         return float("nan")
     return math.exp(-total / n)
+
+
+def perplexity_by_bucket(logprob_lists: Sequence[Sequence[float]], boundaries: Sequence[int]) -> dict[str, float]:
+    """Token-weighted perplexity per context-length bucket: entry j of a text's list (prompt_token_logprobs
+    drops the first token, which nothing predicts) is predicted from j + 1 tokens of context."""
+    buckets: dict[str, list[float]] = {label: [] for label in contract.bucket_labels(boundaries)}
+    for lps in logprob_lists:
+        for j, lp in enumerate(lps):
+            buckets[contract.bucket_of(j + 1, boundaries)].append(lp)
+    return {label: perplexity([lps]) for label, lps in buckets.items()}
 
 
 def completion_matches(generated: str, expected: str) -> bool:
@@ -101,25 +116,33 @@ class Client:
                                                  "temperature": 0, "prompt_logprobs": 0})
         return prompt_token_logprobs(resp["choices"][0])
 
-    def greedy(self, prompt: str, max_tokens: int) -> str:
+    def greedy(self, prompt: str, max_tokens: int) -> tuple[str, int]:
+        """The greedy completion and the prompt's length in tokens."""
         resp = self._request("/v1/completions", {"model": self.model(), "prompt": prompt,
                                                  "max_tokens": max_tokens, "temperature": 0})
-        return str(resp["choices"][0]["text"])
+        return str(resp["choices"][0]["text"]), int((resp.get("usage") or {}).get("prompt_tokens") or 0)
 
 
 def score(client: Client, gold: golden.GoldenSet, max_tokens: int,
-          pause_s: float = PAUSE_BETWEEN_REQUESTS_S) -> ProbeResult:
-    """One probe run: every text and prompt, one request at a time."""
+          pause_s: float = PAUSE_BETWEEN_REQUESTS_S, boundaries: Sequence[int] = ()) -> ProbeResult:
+    """One probe run: every text and prompt, one request at a time; per bucket too when `boundaries` are set."""
     lps = []
     for text in gold.perplexity_texts:
         lps.append(client.prompt_logprobs(text))
         time.sleep(pause_s)
-    matches = 0
+    outcomes: list[tuple[int, bool]] = []
     for item in gold.exact_match:
-        matches += completion_matches(client.greedy(item.prompt, max_tokens), item.expected)
+        text, prompt_tokens = client.greedy(item.prompt, max_tokens)
+        outcomes.append((prompt_tokens, completion_matches(text, item.expected)))
         time.sleep(pause_s)
-    em = matches / len(gold.exact_match) if gold.exact_match else float("nan")
-    return ProbeResult(perplexity(lps), em, sum(len(x) for x in lps))
+    em = sum(ok for _, ok in outcomes) / len(outcomes) if outcomes else float("nan")
+    by_bucket: dict[str, tuple[float, float]] = {}
+    if boundaries:
+        ppl = perplexity_by_bucket(lps, boundaries)
+        for label in contract.bucket_labels(boundaries):
+            hits = [ok for n, ok in outcomes if contract.bucket_of(n, boundaries) == label]
+            by_bucket[label] = (ppl[label], sum(hits) / len(hits) if hits else float("nan"))
+    return ProbeResult(perplexity(lps), em, sum(len(x) for x in lps), by_bucket)
 
 
 # --- the background thread ----------------------------------------------------------------------------------
@@ -149,9 +172,11 @@ def server_url(argv: Sequence[str] | None = None, env: dict[str, str] | None = N
 class ProbeThread(threading.Thread):
     """Runs the probe every `interval_s` once the server answers `/health`; ticks the age gauge each second."""
 
-    def __init__(self, client: Client, golden_file: str, interval_s: float, max_tokens: int) -> None:
+    def __init__(self, client: Client, golden_file: str, interval_s: float, max_tokens: int,
+                 boundaries: Sequence[int] = ()) -> None:
         super().__init__(name="localattn-probe", daemon=True)
         self.client = client
+        self.boundaries = list(boundaries)
         self.golden_file = golden_file
         self.interval_s = interval_s
         self.max_tokens = max_tokens
@@ -174,13 +199,13 @@ class ProbeThread(threading.Thread):
     def _run_once(self) -> float | None:
         try:
             gold = golden.load(self.golden_file)  # re-read: the mounted ConfigMap may change
-            result = score(self.client, gold, self.max_tokens)
+            result = score(self.client, gold, self.max_tokens, boundaries=self.boundaries)
         except Exception as e:  # the probe must never take the server down
             log.warning("localattn probe run failed: %s", e)
             metrics.probe_failed()
             return None
         self.last_result = result
-        metrics.set_probe_result(result.perplexity, result.exact_match)
+        metrics.set_probe_result(result.perplexity, result.exact_match, result.by_bucket)
         log.info("localattn probe: perplexity %.3f exact match %.2f", result.perplexity, result.exact_match)
         return time.monotonic()
 
@@ -198,7 +223,8 @@ def start_background(cfg: Any) -> ProbeThread:
     with _lock:
         if _thread is None or not _thread.is_alive():
             p = cfg.probe
-            _thread = ProbeThread(Client(server_url()), p.golden_set_file, p.interval_seconds, p.max_tokens)
+            _thread = ProbeThread(Client(server_url()), p.golden_set_file, p.interval_seconds, p.max_tokens,
+                                  cfg.bucket_boundaries())
             _thread.start()
             log.info("localattn probe started against %s every %ss", _thread.client.base_url, p.interval_seconds)
         return _thread

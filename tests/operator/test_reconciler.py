@@ -220,7 +220,7 @@ def test_a_spec_change_runs_a_canary_arm_and_promotes_it_keeping_capacity() -> N
     cluster.lad["spec"]["localAttention"]["windowSize"] = 256
     cluster.lad["metadata"]["generation"] = 2
     seen = []
-    for _ in range(8):
+    for _ in range(12):
         reconcile(cluster)
         arms = _arms(cluster)
         seen.append(arms)

@@ -205,10 +205,11 @@ ROWS = [
         obs(B, stable=arm(A, 2), canary=arm(B, 3), verdict=canary_verdict(
             AnalysisRequest("canary", T0, T0 + timedelta(seconds=60), A, B, 1), GOOD)), now=61,
         phase="Promoting", events=("AnalysisSuccessful",), expect={"stage": "shift"},
-        arms=(ArmPlan("stable", A, 1), ArmPlan("canary", B, 4))),
+        # the stable pod this pass removes still holds its GPU while it terminates: the canary grows next pass
+        arms=(ArmPlan("stable", A, 1), ArmPlan("canary", B, 3))),
     Row("shift: stable gives up only what the canary replaced", progressing(phase="Promoting", stage="shift",
         stable_replicas=4, canary_replicas=1), obs(B, stable=arm(A, 4), canary=arm(B, 1)), phase="Promoting",
-        arms=(ArmPlan("stable", A, 3), ArmPlan("canary", B, 2))),
+        arms=(ArmPlan("stable", A, 3), ArmPlan("canary", B, 1))),
     Row("shift done: the stable arm takes the new revision", progressing(phase="Promoting", stage="shift",
         stable_replicas=0, canary_replicas=4), obs(B, stable=arm(A, 0), canary=arm(B, 4)), phase="Promoting",
         arms=(ArmPlan("stable", B, 1), ArmPlan("canary", B, 4)),  # the canary keeps serving until then

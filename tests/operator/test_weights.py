@@ -114,7 +114,9 @@ def test_transfer_never_scales_a_shrinking_arm_up() -> None:
 
 
 def test_transfer_with_maxsurge_zero_moves_one_pod_at_a_time() -> None:
-    assert transfer(4, 0, Split(0, 4), current=Split(3, 1), ready=Split(3, 1)) == Split(2, 2)
+    # a stable pod goes first; its GPU is reused only on a later pass, once that pod was planned away
+    assert transfer(4, 0, Split(0, 4), current=Split(3, 1), ready=Split(3, 1)) == Split(2, 1)
+    assert transfer(4, 0, Split(0, 4), current=Split(2, 1), ready=Split(2, 1)) == Split(2, 2)
     assert transfer(4, 0, Split(0, 4), current=Split(2, 2), ready=Split(2, 1)) == Split(2, 2)  # waits for ready
 
 
@@ -169,3 +171,14 @@ def test_drain_terminates_within_budget(replicas: int, surge: int, weight: int, 
         if planned == Split(replicas, 0) and ready.stable == replicas:
             break
     assert current == Split(replicas, 0)
+
+
+def test_transfer_waits_for_terminating_pods_to_free_their_gpus() -> None:
+    """maxSurge 0 promises the GPU count never rises: a stable pod being deleted still holds its GPU, so the
+    canary's replacement is planned only once it is gone (on a cluster with spare GPUs it would start at once)."""
+    assert transfer(2, 0, Split(1, 1), current=Split(2, 0), ready=Split(2, 0)) == Split(1, 0)  # stable first
+    assert transfer(2, 0, Split(1, 1), current=Split(1, 0), ready=Split(1, 0), held=1) == Split(1, 0)  # not gone
+    assert transfer(2, 0, Split(1, 1), current=Split(1, 0), ready=Split(1, 0), held=0) == Split(1, 1)
+    # with a surge the held pods count against the budget too: replicas + surge GPUs at most
+    assert transfer(4, 1, Split(2, 2), current=Split(4, 0), ready=Split(4, 0), held=1) == Split(4, 0)
+    assert transfer(4, 1, Split(2, 2), current=Split(4, 0), ready=Split(4, 0)) == Split(4, 1)

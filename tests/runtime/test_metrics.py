@@ -86,6 +86,18 @@ def test_config_info_and_probe_gauges(registry: CollectorRegistry) -> None:
     assert got['localattn_probe_runs_total{outcome="error"}'] == 1.0
 
 
+def test_probe_gauges_per_length_bucket_and_empty_buckets_left_out(registry: CollectorRegistry) -> None:
+    """What the operator's bucket_probe_* queries read (`length_bucket="0-256"`), beside the aggregate (no label);
+    a bucket with nothing scored is absent (missing data for the gate), never NaN."""
+    metrics.set_probe_result(12.5, 0.75, {"0-256": (11.0, 1.0), "256-inf": (15.0, float("nan"))})
+    got = _scrape(registry)
+    assert got["localattn_probe_perplexity"] == 12.5
+    assert got['localattn_probe_perplexity{length_bucket="0-256"}'] == 11.0
+    assert got['localattn_probe_perplexity{length_bucket="256-inf"}'] == 15.0
+    assert got['localattn_probe_exact_match{length_bucket="0-256"}'] == 1.0
+    assert 'localattn_probe_exact_match{length_bucket="256-inf"}' not in got
+
+
 def test_every_rule_is_rendered(registry: CollectorRegistry) -> None:
     cfg = config.parse({"globalLayers": {"every": 4, "offset": 1}})
     assert metrics.format_global_layers(cfg) == "every=4,offset=1"

@@ -51,3 +51,30 @@ def test_exact_match_is_exact() -> None:
 ])
 def test_server_url(argv: list[str], env: dict[str, str], url: str) -> None:
     assert probe.server_url(argv, env) == url
+
+
+def test_perplexity_per_bucket_follows_each_tokens_context_length() -> None:
+    # entry j is predicted from j + 1 tokens: with boundaries [2], entries 0 (1 token) fall in 0-2, the rest in 2-inf
+    lps = [[math.log(0.5), math.log(0.25), math.log(0.25)], [math.log(0.5)]]
+    by = probe.perplexity_by_bucket(lps, [2])
+    assert by["0-2"] == pytest.approx(2.0) and by["2-inf"] == pytest.approx(4.0)
+    assert math.isnan(probe.perplexity_by_bucket([[math.log(0.5)]], [2])["2-inf"])
+
+
+def test_a_probe_run_scores_each_bucket_and_exact_match_by_prompt_length() -> None:
+    class Recorded:
+        """Recorded server answers: logprobs per text, (completion, prompt tokens) per prompt."""
+
+        def prompt_logprobs(self, text: str) -> list[float]:
+            return [math.log(0.5)] * 3 if text == "long" else [math.log(0.5)]
+
+        def greedy(self, prompt: str, max_tokens: int) -> tuple[str, int]:
+            return ("ok", 1) if prompt == "short" else ("wrong", 9)
+
+    gold = golden.GoldenSet(("long", "one"), (golden.ExactMatchItem("short", "ok"),
+                                              golden.ExactMatchItem("far", "ok")))
+    result = probe.score(Recorded(), gold, 4, pause_s=0, boundaries=[2])  # type: ignore[arg-type]
+    assert result.exact_match == 0.5 and result.perplexity == pytest.approx(2.0)
+    assert result.by_bucket["0-2"] == (pytest.approx(2.0), 1.0)
+    assert result.by_bucket["2-inf"] == (pytest.approx(2.0), 0.0)
+    assert probe.score(Recorded(), gold, 4, pause_s=0).by_bucket == {}  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ CRD_FILE = Path(__file__).resolve().parent / "crds" / "httproute.yaml"
 OURS = ("localattn.dev/schema", "dev-subset")  # the annotation that marks the CRD as this file's
 
 
+UPSTREAM_MARK = "gateway.networking.k8s.io/bundle-version"  # on every CRD of an upstream Gateway API release
 DIGEST = "localattn.dev/schema-digest"  # of the file: `dev up` replaces an installed CRD of an older version
 
 
@@ -34,6 +35,13 @@ def httproute_crd() -> dict[str, Any]:
 
 def crd_name() -> str:
     return str(httproute_crd()["metadata"]["name"])
+
+
+def _ours(crd: dict[str, Any]) -> bool:
+    """Installed from this file (marked), or by this project's tests before the mark existed: upstream's
+    Gateway API CRDs always carry `gateway.networking.k8s.io/bundle-version`; ours never did."""
+    annotations = crd["metadata"].get("annotations") or {}
+    return annotations.get(OURS[0]) == OURS[1] or UPSTREAM_MARK not in annotations
 
 
 def _established(crd: dict[str, Any]) -> bool:
@@ -59,7 +67,7 @@ def ensure_installed(kubeconfig: Path | str, timeout: float = 30.0) -> bool:
                 raise
             live = json.loads(api.read_custom_resource_definition(name, _preload_content=False,
                                                                   _request_timeout=30).data)
-            if (live["metadata"].get("annotations") or {}).get(OURS[0]) != OURS[1]:
+            if not _ours(live):
                 return False
             if (live["metadata"].get("annotations") or {}).get(DIGEST) != wanted["metadata"]["annotations"][DIGEST]:
                 wanted["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]

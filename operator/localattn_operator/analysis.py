@@ -193,16 +193,16 @@ def _quality_gates(judge: _Judge, bucket: str, c: Figures, s: Figures, canary: A
     t = judge.spec.thresholds
     if not probe:
         return
-    absent = all(v is None for v in (c.probe_perplexity, s.probe_perplexity, c.probe_exact_match,
-                                     s.probe_exact_match))
-    if absent and not judged_if_absent:
-        return  # the runtime scores no texts of this length bucket
-    if t.max_perplexity_ratio is not None:
+    # Per figure: a length bucket may hold perplexity tokens but no exact-match prompt (the probe scores texts by
+    # context length and prompts by their length); what the runtime scores nothing of there is not judged.
+    no_perplexity = c.probe_perplexity is None and s.probe_perplexity is None and not judged_if_absent
+    no_exact_match = c.probe_exact_match is None and s.probe_exact_match is None and not judged_if_absent
+    if t.max_perplexity_ratio is not None and not no_perplexity:
         ratio = t.max_perplexity_ratio
         judge.compare("quality.perplexity", bucket, "probe_perplexity", canary, stable, ratio,
                       lambda cv, sv: sv is not None and (sv <= 0 or cv / sv > ratio),
                       f"perplexity ratio above {ratio:g}", True, c.probe_perplexity, s.probe_perplexity)
-    if t.max_exact_match_drop is not None:
+    if t.max_exact_match_drop is not None and not no_exact_match:
         drop = t.max_exact_match_drop
         judge.compare("quality.exactMatch", bucket, "probe_exact_match", canary, stable, drop,
                       lambda cv, sv: sv is not None and sv - cv > drop,

@@ -249,3 +249,15 @@ def test_only_the_listed_latency_gates_apply() -> None:
     assert only_ttft.phase == "Successful"
     none = verdict(recorded({"p95_e2e": 9.0}), spec(maxLatencyRegressionPercent={}))
     assert not any(g.gate.startswith("latency") for g in none.gates)
+
+
+def test_a_bucket_with_perplexity_but_no_exact_match_prompt_judges_only_perplexity() -> None:
+    """The probe scores texts by context length and prompts by their length: a bucket can have perplexity
+    tokens and no exact-match prompt. That bucket's exact-match gate is not judged (not missing data)."""
+    provider = recorded()
+    for rev in ("stable1", "canary1"):
+        provider.series[(rev, "2048-inf")] = {**provider.series[(rev, "2048-inf")], "bucket_probe_exact_match": None}
+    v = verdict(provider, spec(**QUALITY))
+    assert v.phase == "Successful", v.summary()
+    judged = {(g.gate, g.bucket) for g in v.gates}
+    assert ("quality.perplexity", "2048-inf") in judged and ("quality.exactMatch", "2048-inf") not in judged

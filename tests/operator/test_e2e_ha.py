@@ -76,7 +76,10 @@ def test_one_leader_reconciles_and_a_follower_takes_over(k8s: Any, operator_fact
             time.sleep(RESYNC + 1)  # a periodic resync passes with both replicas up
 
             assert holder(k8s, namespace).startswith("ha-a_")
-            assert {e["reportingInstance"] for e in our_events(k8s, namespace)} == {"ha-a"}
+            # Of the replicas, only the leader posts (an operator outside this test, e.g. one a crashed earlier test
+            # left behind, reports as itself and is not what this test is about; the follower's log proves it idle).
+            replicas = {e["reportingInstance"] for e in our_events(k8s, namespace)} & {"ha-a", "ha-b", "ha-c"}
+            assert replicas == {"ha-a"}
             follower = log(b)
             assert "leader election: leading" not in follower and "Handler '" not in follower, follower[-3000:]
             assert not [n for n in names if f"/{n}:" in follower]

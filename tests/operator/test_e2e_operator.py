@@ -228,7 +228,10 @@ def test_a_spec_the_apiserver_rejects_is_reported_and_not_retried_in_a_loop(k8s,
     names = k8s.kubectl("get", "configmaps,controllerrevisions", "-n", namespace, "-o", "name").stdout
     assert names.count("rejected-runtime-") == 1 and names.count("controllerrevision") == 1  # nothing of the refused
     warnings = [e for e in k8s.events(namespace, "rejected", type_="Warning") if e["reason"] == "ApplyRejected"]
-    assert len(warnings) == 1 and "example.com/fpga" in warnings[0]["message"]
+    # One refusal, reported once per change: a second pass racing the first one's status write may post it again
+    # (the event is named by the LAD's resourceVersion), but never in a loop.
+    assert 1 <= len(warnings) <= 2 and len({w["message"] for w in warnings}) == 1
+    assert "example.com/fpga" in warnings[0]["message"]
     # The handler succeeded (the refusal is in status): kopf keeps no retry state for it.
     annotations = k8s.get(namespace, "lad", "rejected")["metadata"].get("annotations", {})
     assert not [k for k in annotations if k.startswith("localattn.dev/lad_changed")], annotations  # kopf's progress

@@ -206,18 +206,10 @@ def _route_weights(k8s: Any, namespace: str, route: str) -> dict[str, int]:
 
 
 def test_the_gateway_api_router_sets_the_routes_weights_per_step(k8s, operator, namespace) -> None:
-    import importlib.util
+    from localattn_dev.gatewayschema import ensure_installed
 
-    # the structural HTTPRoute schema of test_routers_gatewayapi_e2e.py (no registry ships the Gateway API CRDs)
-    spec = importlib.util.spec_from_file_location("_gw_e2e", Path(__file__).with_name("test_routers_gatewayapi_e2e.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    CRD = module.CRD
-
-    if k8s.kubectl("get", "crd", CRD["metadata"]["name"], check=False).returncode != 0:
-        k8s.kubectl("apply", "-f", "-", input=json.dumps(CRD))
-    k8s.kubectl("wait", "--for", "condition=established", "--timeout=60s", f"crd/{CRD['metadata']['name']}")
+    # the dev cluster's structural HTTPRoute schema (no registry ships the Gateway API CRDs)
+    assert ensure_installed(k8s.kubeconfig)
     route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "llm"},
              "spec": {"rules": [{"backendRefs": [{"name": "gw-stable", "port": 8000}, {"name": "gw-canary", "port": 8000}]}]}}
     k8s.apply(namespace, route)

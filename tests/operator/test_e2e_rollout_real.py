@@ -431,7 +431,10 @@ def test_a_good_canary_is_promoted_through_every_step_with_manual_control_and_op
     assert min(s.ready for s in fleet.samples) >= REPLICAS - 1, fleet.summary()
     assert max(s.planned_gpus for s in fleet.samples) <= REPLICAS, fleet.summary()
     assert max(s.gpu_pods_all for s in fleet.samples) <= REPLICAS, fleet.summary()
-    assert fleet.samples[-1].ready == REPLICAS
+    # back at full capacity: the sampler's last sample may predate the last stable pod turning Ready
+    with FleetSampler(rig.kubeconfig) as after:
+        wait_for(lambda: after.sample().ready == REPLICAS or None, timeout=90, interval=1,
+                 message="the fleet back at replicas ready pods after the promotion")
     rig.revisions["good"] = canary
 
 

@@ -43,7 +43,6 @@ import argparse
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,7 @@ from typing import Any
 
 from localattn_dev.controlplane import down, up
 from localattn_dev.devurls import url_of
+from localattn_dev.procs import stop_child
 from localattn_dev.testing import kubectl, kubectl_json, wait_for
 from localattn_operator.autoscaling_signals import recommendations
 from localattn_operator.measure import measure_load
@@ -143,8 +143,7 @@ class Bench:
 
     def stop(self) -> None:
         if self.operator is not None:
-            self.operator.terminate()
-            self.operator.wait(timeout=30)
+            stop_child(self.operator)
         down(self.state_dir, purge=True)
 
     def lad_object(self, name: str) -> dict[str, Any]:
@@ -212,7 +211,7 @@ class Bench:
                 while len(clients) < wanted:
                     clients.append(self.client(name))
                 while len(clients) > wanted:
-                    _stop(clients.pop())
+                    stop_child(clients.pop(), group=True)  # and the `vllm bench serve` it runs
                 if wanted == 0 and stopped_at is None and now >= hold_end:
                     stopped_at, stopped_wall = now, datetime.now(UTC)
                 obj = self.lad_object(name)
@@ -226,19 +225,10 @@ class Bench:
                 time.sleep(max(0.0, a.sample - (time.monotonic() - now)))
         finally:
             for c in clients:
-                _stop(c)
+                stop_child(c, group=True)
         ramp_seconds = (stopped_at or time.monotonic()) - start
         return summarize(name, samples, stopped_at - start if stopped_at else None, spec.autoscaling.min_replicas
                          if spec.autoscaling else 1, self.p95(name, revision, ramp_seconds, stopped_wall), a.sample)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def summarize(name: str, samples: list[dict[str, Any]], stopped: float | None, minimum: int, p95: float | None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -82,7 +81,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
 
-    from localattn_dev import controlplane
+    from localattn_dev import controlplane, procs
 
     cluster = controlplane.up(nodes=4, gpus_per_node=8)
     kubeconfig = str(cluster.kubeconfig)
@@ -154,11 +153,7 @@ def main() -> int:
                           "cpu_s": cpu - idle_cpu, "peak_rss_mib": rss}))
         return 0 if len(ready) == args.count else 1
     finally:
-        os.killpg(operator.pid, signal.SIGTERM)
-        try:
-            operator.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(operator.pid, signal.SIGKILL)
+        procs.stop_child(operator, grace=20, group=True)
         subprocess.run([*kubectl, "delete", "namespace", args.namespace, "--wait=false"], capture_output=True)
 
 

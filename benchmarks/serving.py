@@ -33,6 +33,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from localattn_dev.procs import stop_child
+
 ROOT = Path(__file__).resolve().parents[1]
 VLLM = str(Path(sys.executable).with_name("vllm"))
 VARIANTS = ("stock", "local+G", "all-local", "vllm-swa")
@@ -173,12 +175,7 @@ def run_variant(model: Path, variant: str, args: argparse.Namespace, work: Path)
                 })
                 print(json.dumps(rows[-1]), flush=True)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_child(proc, grace=60)
     return rows
 
 

@@ -118,7 +118,9 @@ def format_status(lad: dict[str, Any], history: int = 5) -> str:
     if last is None:
         lines.append("Analysis:   none yet")
     else:
-        lines.append(f"Analysis:   {last.phase} at {last.finished_at}")
+        errored = [g for g in last.gates if g.phase == "Error"]
+        why = f" ({errored[0].message})" if last.phase == "Inconclusive" and errored else ""  # which query, why
+        lines.append(f"Analysis:   {last.phase} at {last.finished_at}{why}")
         rows = [["FIGURE", f"STABLE {last.stable.revision or '-'}", f"CANARY {last.canary.revision or '-'}"]]
         rows += _figure_rows(last.stable, last.canary, currency=currency)
         buckets = sorted({b.bucket for b in last.stable.buckets} | {b.bucket for b in last.canary.buckets},

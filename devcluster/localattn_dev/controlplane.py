@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -77,6 +78,22 @@ def _read_state(layout: Layout) -> dict[str, Any]:
         return dict(json.loads(layout.state_file.read_text()))
     except (OSError, ValueError):
         return {}
+
+
+# Components that run this checkout's Python (the rest are binaries): a cluster left running by older code is
+# restarted in them, or a test of changed proxy or agent code would run against the old processes.
+PYTHON_COMPONENTS = ("node-agent", "dataplane")
+
+
+def code_fingerprint() -> str:
+    """The content of the Python the node agent and the data plane run (this package and the operator's modules
+    it imports), so that `up` can tell a cluster started from other code."""
+    digest = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for path in sorted([*here.glob("*.py"), here.parents[1] / "operator" / "localattn_operator" / "quantity.py"]):
+        if path.exists():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _write_state(layout: Layout, state: dict[str, Any]) -> None:
@@ -193,6 +210,11 @@ def _up_local(layout: Layout, spec: NodeSpec, timeout: float) -> ClusterInfo:
         if running.pop("node-agent", None) is not None:
             procs.stop(sd, "node-agent")
         state = {}
+    code = code_fingerprint()
+    if state.get("code") != code:  # started by other code: its Python components restart on this code
+        for name in PYTHON_COMPONENTS:
+            if running.pop(name, None) is not None:
+                procs.stop(sd, name)
     previous_ports = state.get("ports", {})
     if set(running) == set(COMPONENTS) and previous_ports:
         ports = Ports(**previous_ports)
@@ -223,6 +245,7 @@ def _up_local(layout: Layout, spec: NodeSpec, timeout: float) -> ClusterInfo:
             "server": server,
             "nodes": names,
             "bin": {"apiserver": str(assets.kube_apiserver)},
+            "code": code,
         },
     )
 

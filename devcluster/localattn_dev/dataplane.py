@@ -1,14 +1,19 @@
-"""The dev cluster's data-plane controller: Services/EndpointSlices/HTTPRoutes -> HAProxy, Pods -> Prometheus.
+"""The dev cluster's data-plane controller: Services/EndpointSlices/HTTPRoutes/InferencePools -> HAProxy,
+Pods -> Prometheus (and HAProxy, as InferencePool endpoints).
 
     python -m localattn_dev.dataplane --kubeconfig K --state-dir DIR
 
-Four list+watch loops (Services, EndpointSlices, HTTPRoutes, Pods; each its own API client, relisting on any
-error) fill caches; a change wakes the sync thread, which waits a few milliseconds for the burst to end, then brings
-HAProxy to the desired state (runtime API, or a seamless reload when frontends change) and rewrites the
-Prometheus file-SD JSON. HAProxy and Prometheus are processes of their own (`dev up` starts them). An
-HTTPRoute (the dev cluster's own Gateway API subset, `gatewayschema`) is served on an address of its own with
-its backendRefs' weights (`routemodel`); a weight change is a runtime `set weight`, applied within
-milliseconds of the watch event, with no reload.
+Five list+watch loops (Services, EndpointSlices, HTTPRoutes, InferencePools, Pods; each its own API client,
+relisting on any error) fill caches; a change wakes the sync thread, which waits a few milliseconds for the
+burst to end, then brings HAProxy to the desired state (runtime API, or a seamless reload when frontends
+change) and rewrites the Prometheus file-SD JSON. HAProxy and Prometheus are processes of their own (`dev up`
+starts them). An HTTPRoute (the dev cluster's own Gateway API subset, `gatewayschema`) is served on an
+address of its own with its backendRefs' weights (`routemodel`); a weight change is a runtime `set weight`,
+applied within milliseconds of the watch event, with no reload. A backendRef may name an InferencePool
+(Gateway API Inference Extension v1): its endpoints are the Ready pods its selector matches, round robin
+within the ref's share, a stand-in for the Endpoint Picker that does not run here (`routemodel`). HTTPRoutes
+and InferencePools are optional kinds: without their CRDs the loops find none (and retry quietly) and
+Services are proxied as ever.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ PODS = "/api/v1/pods"
 # v1beta1: what Kubernetes 1.20 serves (v1 from 1.21 on; the fields read here are the same in both).
 ENDPOINT_SLICES = "/apis/discovery.k8s.io/v1beta1/endpointslices"
 HTTPROUTES = "/apis/gateway.networking.k8s.io/v1/httproutes"
+INFERENCE_POOLS = "/apis/inference.networking.k8s.io/v1/inferencepools"
 
 
 class DataPlane:
@@ -42,7 +48,8 @@ class DataPlane:
         self.proxy = ServiceProxy(ProxyFiles(state_dir))
         self.prometheus = PrometheusFiles(state_dir)
         self.services, self.slices, self.pods = ObjectCache(), ObjectCache(), ObjectCache()
-        self.routes = ObjectCache()  # not waited for: a cluster without the HTTPRoute CRD still proxies Services
+        # Not waited for: a cluster without the HTTPRoute (InferencePool) CRD still proxies Services (and routes).
+        self.routes, self.pools = ObjectCache(), ObjectCache()
         self.proxy_dirty, self.pods_dirty = threading.Event(), threading.Event()
         self.wake = threading.Event()
         self.stop = threading.Event()
@@ -70,14 +77,16 @@ class DataPlane:
             if self.pods_dirty.is_set() and self.pods.synced.is_set():
                 self.pods_dirty.clear()
                 self._sync_pods()
-            if self.services.synced.is_set() and self.slices.synced.is_set():
+            # Pods are waited for too: a restarted controller must not drop the pool endpoints it has not listed yet.
+            if self.services.synced.is_set() and self.slices.synced.is_set() and self.pods.synced.is_set():
                 self.proxy_dirty.clear()
                 self._sync_proxy()
 
     def _sync_proxy(self) -> None:
         try:
             plan = self.proxy.sync(self.services.snapshot().values(), self.slices.snapshot().values(),
-                                   routes=self.routes.snapshot().values())
+                                   routes=self.routes.snapshot().values(), pools=self.pools.snapshot().values(),
+                                   pods=self.pods.snapshot().values())
             if plan.reload or plan.commands:
                 log.info("proxy: %s", "reloaded" if plan.reload else f"{len(plan.commands)} runtime commands")
         except Exception as e:
@@ -100,6 +109,7 @@ class DataPlane:
             ("services", SERVICES, self.services, self.proxy_dirty),
             ("endpointslices", ENDPOINT_SLICES, self.slices, self.proxy_dirty),
             ("httproutes", HTTPROUTES, self.routes, self.proxy_dirty),
+            ("inferencepools", INFERENCE_POOLS, self.pools, self.proxy_dirty),
             ("pods", PODS, self.pods, self.pods_dirty),
         ]
         for name, path, cache, flag in loops:

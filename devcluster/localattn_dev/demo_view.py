@@ -111,12 +111,15 @@ def rollout_view(lad: Mapping[str, Any]) -> RolloutView | None:
     failed = tuple(
         f"{g.get('gate')}[{g.get('bucket', 'all')}]" for g in last.get("gates") or [] if g.get("phase") == "Failed"
     )
+    phase = last.get("phase")
+    if phase == "Inconclusive" and any(g.get("phase") == "Error" for g in last.get("gates") or []):
+        phase = "Inconclusive (provider error)"  # the metrics source did not answer: held, not the canary's fault
     return RolloutView(
         phase=str(rollout["phase"]), step_index=int(rollout.get("stepIndex") or 0),
         steps=len(steps) if isinstance(steps, list) else 3,
         desired_weight=int(rollout.get("desiredWeight") or 0), achieved_weight=int(rollout.get("achievedWeight") or 0),
         stable_revision=rollout.get("stableRevision"), canary_revision=rollout.get("canaryRevision"),
-        message=str(rollout.get("message") or ""), last_analysis=last.get("phase"), failed_gates=failed,
+        message=str(rollout.get("message") or ""), last_analysis=phase, failed_gates=failed,
     )  # fmt: skip
 
 

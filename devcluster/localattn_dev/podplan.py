@@ -35,6 +35,9 @@ class Image:
     entrypoint: tuple[str, ...]
     what: str
     env: tuple[tuple[str, str], ...] = ()  # the image's own ENV (a Dockerfile's); the pod spec's env wins
+    # The project's packages the image installs, as source dirs under the checkout the node agent runs from
+    # (its PYTHONPATH): the venv is shared between checkouts, so its editable install may name another one.
+    sources: tuple[str, ...] = ()
 
 
 # The CPU runtime image's serving ENV (Dockerfile.runtime-cpu sets the same; tests/images checks they agree).
@@ -44,11 +47,15 @@ class Image:
 # API server still talks to the engine core over its queue, so serving and /metrics are unchanged).
 RUNTIME_CPU_ENV: tuple[tuple[str, str], ...] = (("VLLM_ENABLE_V1_MULTIPROCESSING", "0"),)
 
+# What Dockerfile.runtime-cpu COPYs of the project (the plugin, its kernels, the CLI and the runtime contract).
+RUNTIME_SOURCES = ("runtime", "kernels", "cli")
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout this package (and the node agent) runs from
+
 # The image table of process mode (documented in docs/devcluster.md). The first match wins.
 IMAGES: tuple[Image, ...] = (
     Image(
         "localattn/vllm-runtime:*", ("{venv}", *SYSTEM_PATH), ("vllm", "serve"), "vLLM + the localattn plugin",
-        RUNTIME_CPU_ENV,
+        RUNTIME_CPU_ENV, RUNTIME_SOURCES,
     ),
     Image("vllm/vllm-openai:*", ("{venv}", *SYSTEM_PATH), ("vllm", "serve"), "stock vLLM (same venv)"),
     Image("python:*", ("{venv}", *SYSTEM_PATH), ("python3",), "the venv's Python"),
@@ -118,6 +125,7 @@ class NodeEnv:
     venv_bin: Path
     host_cpus: int
     extra: Mapping[str, str]  # e.g. VLLM_CACHE_ROOT (a compile cache shared by every pod of the machine)
+    source_root: Path = SOURCE_ROOT
 
 
 def base_env(image: Image, node: NodeEnv, pod_root: Path, threads: Threads) -> dict[str, str]:
@@ -134,6 +142,7 @@ def base_env(image: Image, node: NodeEnv, pod_root: Path, threads: Threads) -> d
         "OMP_NUM_THREADS": str(threads.count),
         "VLLM_CPU_OMP_THREADS_BIND": ",".join(str(c) for c in threads.cores),
         **dict(image.env),
+        **({"PYTHONPATH": ":".join(str(node.source_root / d) for d in image.sources)} if image.sources else {}),
         **node.extra,
     }
 

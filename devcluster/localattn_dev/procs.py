@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 # Popen objects of the processes this process started: their exit status is read through them (an
 # unreferenced Popen would be reaped by subprocess's own cleanup, losing the status).
@@ -217,6 +218,31 @@ def stop(state_dir: Path, name: str, timeout: float = 10.0) -> bool:
         kill_session(record, signal.SIGKILL)
     (run_dir(state_dir) / f"{name}.json").unlink(missing_ok=True)
     return was_alive
+
+
+def stop_child(
+    proc: subprocess.Popen[Any], grace: float = 30.0, *, group: bool = False, sig: signal.Signals = signal.SIGTERM
+) -> int:
+    """Stop a child held as a Popen (what tests and benchmarks start themselves; `stop` is for recorded ones):
+    `sig`, SIGKILL after `grace` s, reaped; returns its exit status. `group` signals its whole process group,
+    for a child started with start_new_session whose own children must go too (a load client's workers);
+    one that already exited is left alone (its group id may be someone else's by now)."""
+    if proc.poll() is not None:
+        return proc.returncode
+
+    def send(s: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, s)
+            else:
+                proc.send_signal(s)
+
+    send(sig)
+    try:
+        return proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        return proc.wait(timeout=10)
 
 
 def _signal_group(record: ProcRecord, sig: signal.Signals) -> None:

@@ -99,8 +99,8 @@ def initial_config(files: ProxyFiles) -> None:
 
 
 class ServiceProxy:
-    """The sync step: desired frontends from a snapshot of Services, EndpointSlices and HTTPRoutes, applied to
-    HAProxy."""
+    """The sync step: desired frontends from a snapshot of Services, EndpointSlices, HTTPRoutes (and the
+    InferencePools and pods behind them), applied to HAProxy."""
 
     def __init__(self, files: ProxyFiles, binary: str = haproxycfg.HAPROXY) -> None:
         self.files = files
@@ -126,17 +126,21 @@ class ServiceProxy:
         endpoint_slices: Iterable[Mapping[str, Any]],
         splits: Mapping[str, Sequence[EndpointGroup]] | None = None,
         routes: Iterable[Mapping[str, Any]] = (),
+        pools: Iterable[Mapping[str, Any]] = (),
+        pods: Iterable[Mapping[str, Any]] = (),
     ) -> proxyslots.Plan:
-        """`routes`: HTTPRoutes, each served on an address of its own (`routemodel`)."""
+        """`routes`: HTTPRoutes, each served on an address of its own (`routemodel`); `pools`, `pods`: the
+        InferencePools their backendRefs may name, and the pods those select."""
         proxied = [s for s in services if proxymodel.proxied(s)]
         routes = list(routes)
+        by_pool = {proxymodel.service_key(p): p for p in pools}
         wanted = {proxymodel.service_key(s): proxymodel.service_ports(s) for s in proxied}
-        wanted.update({routemodel.route_key(r): routemodel.route_ports(r) for r in routes})
+        wanted.update({routemodel.route_key(r): routemodel.route_ports(r, by_pool) for r in routes})
         addresses = self._addresses(wanted)
         slices = proxymodel.slices_by_service(endpoint_slices)
         frontends = proxymodel.desired_frontends(proxied, slices, addresses, splits, self.min_port)
         by_key = {proxymodel.service_key(s): s for s in proxied}
-        frontends += routemodel.route_frontends(routes, by_key, slices, addresses, self.min_port)
+        frontends += routemodel.route_frontends(routes, by_key, slices, addresses, self.min_port, by_pool, pods)
         desired = self._bindable(frontends)
         plan = proxyslots.plan(self.running, self.slots, desired)
         text = haproxycfg.render(self.files, desired, plan.slots)

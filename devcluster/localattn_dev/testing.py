@@ -14,19 +14,22 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from localattn_dev.assets import kubectl_path
-from localattn_dev.controlplane import ClusterInfo, up
+from localattn_dev.controlplane import ClusterInfo, down, up
 from localattn_dev.paths import cache_dir
+from localattn_dev.procs import stop_child
 
 T = TypeVar("T")
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "deployment.yaml"
 # The example's parts that only the demo's real pods can use (steps and analysis tuned for them, Prometheus, a
 # golden-set ConfigMap, a price): tests on simulated pods, which export no metrics, roll out with the defaults.
 DEMO_ONLY = ("rollout", "analysis", "probe", "cost")
+# A model the example's simulated pods can "serve" without its PersistentVolumeClaim: `model={"uri": HF_MODEL}`.
+HF_MODEL = "hf://localattn/tiny-llama"
 
 
 def example_lad(name: str, **spec_overrides: Any) -> dict[str, Any]:
@@ -68,6 +71,29 @@ def ensure_cluster(
         gpus_per_node,
         use_existing=use_existing,
     )
+
+
+@contextlib.contextmanager
+def process_cluster(
+    state_dir: Path,
+    *,
+    nodes: int,
+    gpus_per_node: int,
+    models: Sequence[str],
+    keep: bool = False,
+) -> Iterator[ClusterInfo]:
+    """A fresh cluster of its own whose node agent runs pods as local processes (real vLLM on `models`, linked
+    into its model store), for one real-pod test module; purged afterwards, also after a failed start.
+    `keep` leaves it running for a look and prints how to stop it."""
+    try:
+        yield up(state_dir, nodes=nodes, gpus_per_node=gpus_per_node, node_mode="process", use_existing=False,
+                 models=tuple(models))
+    finally:
+        if keep:
+            print(f"the cluster keeps running for a look; stop it with "
+                  f"`localattn dev --state-dir {state_dir} down --purge`")
+        else:
+            down(state_dir, purge=True)
 
 
 class KubectlError(subprocess.CalledProcessError):
@@ -159,6 +185,15 @@ def install_lad_crd(kubeconfig: Path | str) -> None:
             kubeconfig=kubeconfig)
 
 
+def install_inference_pool_crd(kubeconfig: Path | str) -> None:
+    """The dev cluster's InferencePool CRD (`crds/inferencepool.yaml`, the Inference Extension v1 subset), applied
+    and established. `dev up` does not install it: only the tests that use pools do."""
+    crd = Path(__file__).resolve().parent / "crds" / "inferencepool.yaml"
+    kubectl("apply", "-f", str(crd), kubeconfig=kubeconfig)
+    kubectl("wait", "--for", "condition=established", "--timeout=60s", "crd/inferencepools.inference.networking.k8s.io",
+            kubeconfig=kubeconfig)
+
+
 @contextlib.contextmanager
 def running_operator(kubeconfig: Path | str, log_path: Path,
                      env: dict[str, str | None] | None = None) -> Iterator[subprocess.Popen[bytes]]:
@@ -179,9 +214,4 @@ def running_operator(kubeconfig: Path | str, log_path: Path,
         try:
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_child(proc)

@@ -53,7 +53,9 @@ class ObjectCache:
 
 
 class ApiError(RuntimeError):
-    pass
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _get(api_client: Any, path: str, query: list[tuple[str, str]], timeout: float | tuple[float, float]) -> Any:
@@ -62,7 +64,7 @@ def _get(api_client: Any, path: str, query: list[tuple[str, str]], timeout: floa
     )
     response = api_client.call_api(*params, _request_timeout=timeout)
     if response.status >= 400:
-        raise ApiError(f"GET {path}: {response.status} {response.read()[:300]!r}")
+        raise ApiError(f"GET {path}: {response.status} {response.read()[:300]!r}", response.status)
     return response
 
 
@@ -84,11 +86,17 @@ def watch_forever(
     stop: threading.Event,
     watch_seconds: int = 60,
 ) -> None:
-    """Keep `cache` equal to the cluster's objects under collection `path`."""
+    """Keep `cache` equal to the cluster's objects under collection `path`.
+
+    A 404 means the kind is not served (an optional CRD not installed, or deleted): there are none of them,
+    so the cache is emptied (and counts as synced); the loop keeps retrying every second, logging a repeated
+    error only once, and picks the kind up within a second of its CRD being installed."""
+    last_error = ""
     while not stop.is_set():
         try:
             listing = json.loads(_get(api_client, path, [], LIST_TIMEOUT).read())
             cache.replace(listing.get("items") or [])
+            last_error = ""
             on_change()
             query = [
                 ("watch", "true"),
@@ -116,5 +124,10 @@ def watch_forever(
             finally:
                 response.response.release_conn()
         except Exception as e:  # an apiserver restart must not end the loop
-            log.warning("watch %s: %s; relisting", path, e)
+            if isinstance(e, ApiError) and e.status == 404 and (cache.snapshot() or not cache.synced.is_set()):
+                cache.replace([])
+                on_change()
+            if str(e) != last_error:
+                log.warning("watch %s: %s; relisting", path, e)
+                last_error = str(e)
             stop.wait(1.0)

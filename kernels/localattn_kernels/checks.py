@@ -32,13 +32,10 @@ def check_index(name: str, t: torch.Tensor, dim: int) -> None:
         raise ValueError(f"{name} must have {dim} dimension(s), got shape {tuple(t.shape)}")
 
 
-def check_paged_args(
+def check_layer_tensors(
     query: torch.Tensor,
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
-    block_table: torch.Tensor,
-    seq_lens: torch.Tensor,
-    query_start_loc: torch.Tensor,
     window: int,
     sinks: int,
     *,
@@ -46,7 +43,9 @@ def check_paged_args(
     heads_axis: int,
     block_axis: int,
 ) -> int:
-    """Validate the paged-attention signature; returns the GQA group size."""
+    """The paged-attention arguments that stay the same for every step of a layer (shapes, dtypes, heads,
+    window; the cache axes are the path's layout), so a caller can check them once. Returns the GQA group size.
+    :func:`check_batch` checks the step's part."""
     check_window_sinks(window, sinks)
     if query.dim() != 3:
         raise ValueError(f"query must be [num_tokens, num_heads, head_size], got shape {tuple(query.shape)}")
@@ -66,6 +65,13 @@ def check_paged_args(
             f"head_size mismatch: query {query.shape[2]}, cache {key_cache.shape[head_dim_axis]}"
         )
     group = check_gqa(query.shape[1], key_cache.shape[heads_axis])
+    if key_cache.shape[block_axis] < 1:
+        raise ValueError("block_size must be >= 1")
+    return group
+
+
+def check_batch(block_table: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor) -> None:
+    """The step's batch metadata: index dtypes, ranks, and R+1 / R / >=R entries for R requests."""
     check_index("block_table", block_table, 2)
     check_index("seq_lens", seq_lens, 1)
     check_index("query_start_loc", query_start_loc, 1)
@@ -74,9 +80,6 @@ def check_paged_args(
             f"batch mismatch: query_start_loc has {query_start_loc.shape[0]} entries, seq_lens "
             f"{seq_lens.shape[0]}, block_table {block_table.shape[0]} rows (need R+1, R, >=R)"
         )
-    if key_cache.shape[block_axis] < 1:
-        raise ValueError("block_size must be >= 1")
-    return group
 
 
 def check_lengths(

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from localattn_kernels import cpu_native
-from localattn_kernels.checks import check_dtype, check_gqa, check_index, check_lengths, check_window_sinks
+from localattn_kernels.checks import check_batch, check_layer_tensors, check_lengths
 from localattn_kernels.layout import CPU_ISAS, key_block_view, num_sink_blocks, packed_permutation
 
 #: Query rows per torch prefill tile: bounds the gathered set to S + W + tile keys. Measured at 16k context
@@ -191,14 +191,7 @@ def plan_step(
     num_tokens: int,
 ) -> StepPlan:
     """Check and split one step's batch (see :class:`StepPlan`); raises ``ValueError`` like the kernels."""
-    for name, t, dim in (("block_table", block_table, 2), ("seq_lens", seq_lens, 1),
-                         ("query_start_loc", query_start_loc, 1)):
-        check_index(name, t, dim)
-    if query_start_loc.shape[0] != seq_lens.shape[0] + 1 or block_table.shape[0] < seq_lens.shape[0]:
-        raise ValueError(
-            f"batch mismatch: query_start_loc has {query_start_loc.shape[0]} entries, seq_lens "
-            f"{seq_lens.shape[0]}, block_table {block_table.shape[0]} rows (need R+1, R, >=R)"
-        )
+    check_batch(block_table, seq_lens, query_start_loc)
     starts = query_start_loc.tolist()
     lens = seq_lens.tolist()
     q_lens = [starts[r + 1] - starts[r] for r in range(len(lens))]
@@ -225,25 +218,7 @@ def check_layer_args(
 ) -> None:
     """The per-layer checks of :func:`paged_local_attention` (shapes, dtypes, heads, window, ISA, device): a
     caller that runs the same layer every step makes them once."""
-    check_window_sinks(window, sinks)
-    if query.dim() != 3:
-        raise ValueError(f"query must be [num_tokens, num_heads, head_size], got shape {tuple(query.shape)}")
-    if key_cache.dim() != 4 or key_cache.shape != value_cache.shape:
-        raise ValueError(
-            f"key_cache and value_cache must be 4-D with equal shapes, got {tuple(key_cache.shape)} "
-            f"and {tuple(value_cache.shape)}"
-        )
-    for name, t in (("query", query), ("key_cache", key_cache), ("value_cache", value_cache)):
-        check_dtype(name, t)
-    if not query.dtype == key_cache.dtype == value_cache.dtype:
-        raise ValueError(
-            f"dtype mismatch: query {query.dtype}, key_cache {key_cache.dtype}, value_cache {value_cache.dtype}"
-        )
-    if key_cache.shape[3] != query.shape[2]:
-        raise ValueError(f"head_size mismatch: query {query.shape[2]}, cache {key_cache.shape[3]}")
-    check_gqa(query.shape[1], key_cache.shape[1])
-    if key_cache.shape[2] < 1:
-        raise ValueError("block_size must be >= 1")
+    check_layer_tensors(query, key_cache, value_cache, window, sinks, head_dim_axis=3, heads_axis=1, block_axis=2)
     if isa not in CPU_ISAS:
         raise ValueError(f"isa must be one of {CPU_ISAS}, got {isa!r}")
     if query.device.type != "cpu" or key_cache.device.type != "cpu":

@@ -1,10 +1,13 @@
 """Analysis verdicts: canary vs stable over the same window -> a phase per gate and overall (pure).
 
-Argo Rollouts' semantics: a measurement is Successful, Failed, Inconclusive or Error. A provider error (the
-query could not be answered) is Error, never Failed; missing data (no series, too few requests) is
-Inconclusive or Failed as `spec.analysis.missingData` says. The counters live in status, so a restarted
-operator continues counting: failures beyond `failureLimit` and inconclusive results beyond
-`inconclusiveLimit` roll back; errors in a row beyond `consecutiveErrorLimit` count as missing data.
+Argo Rollouts' semantics, with provider errors made explicit: a gate is Successful, Failed, Inconclusive
+(missing data: no series, too few requests; or Failed, as `spec.analysis.missingData` says) or Error (the
+provider could not answer its query). A window is Failed if any gate failed (a real failure beats an
+unanswerable query), else Inconclusive if any gate errored or lacked data, else Successful: provider errors
+are never failures, and never a pass. The counters live in status, so a restarted operator continues
+counting: failures beyond `failureLimit` and charged inconclusive windows beyond `inconclusiveLimit` roll
+back; a provider-error window holds for free up to `consecutiveErrorLimit` in a row, each one beyond counts
+as missing data.
 
 Local attention only differs past the window, so latency and quality are also compared per prompt-length
 bucket; any bucket beyond its threshold fails the whole measurement, even when the aggregate passes. A bucket
@@ -25,6 +28,7 @@ from localattn_operator.models import (
     AnalysisSpec,
     ArmAnalysisStatus,
     BucketFiguresStatus,
+    GatePhase,
     GateStatus,
     LastAnalysisStatus,
     MeasurementPhase,
@@ -33,7 +37,6 @@ from localattn_operator.models import (
 
 FIGURES = ("requests", "p95_e2e", "p95_ttft", "p95_itl", "error_rate", "tokens_per_gpu_second",
            "cost_per_million", "probe_perplexity", "probe_exact_match")
-_SEVERITY: dict[MeasurementPhase, int] = {"Successful": 0, "Inconclusive": 1, "Error": 2, "Failed": 3}
 Outcome = Literal["advance", "hold", "rollback"]
 
 
@@ -99,7 +102,7 @@ class Window:
 @dataclass(frozen=True)
 class GateResult:
     gate: str
-    phase: MeasurementPhase
+    phase: GatePhase
     bucket: str = BUCKET_ALL
     canary: float | None = None
     stable: float | None = None
@@ -114,9 +117,17 @@ class Verdict:
     gates: tuple[GateResult, ...]
     window: Window
 
+    @property
+    def provider_error(self) -> bool:
+        """Inconclusive because the provider could not answer (not because the arms lacked data)."""
+        return self.phase == "Inconclusive" and any(g.phase == "Error" for g in self.gates)
+
     def summary(self) -> str:
-        """The gates that decided the phase, with their numbers (for events and the measurement list)."""
-        bad = [g for g in self.gates if g.phase == self.phase and g.phase != "Successful"]
+        """The gates that decided the phase, with their numbers (for events and the measurement list): the
+        provider errors first."""
+        inconclusive = self.phase == "Inconclusive"
+        deciding: tuple[GatePhase, ...] = ("Error", "Inconclusive") if inconclusive else (self.phase,)
+        bad = [g for p in deciding for g in self.gates if g.phase == p and p != "Successful"]
         if not bad:
             return f"{len(self.gates)} gate(s) passed"
         return "; ".join(g.message for g in bad[:6]) + (f" (+{len(bad) - 6} more)" if len(bad) > 6 else "")
@@ -254,12 +265,16 @@ def _paired_gates(judge: _Judge, window: Window, floor: float) -> None:
                       f"token agreement below {floor:g}", p.prompts > 0, p.agreement, None)
 
 
+def _window_phase(gates: tuple[GateResult, ...] | list[GateResult]) -> MeasurementPhase:
+    """Failed beats an unanswerable query or missing data, which beat Successful."""
+    phases = {g.phase for g in gates}
+    if "Failed" in phases:
+        return "Failed"
+    return "Inconclusive" if phases & {"Error", "Inconclusive"} else "Successful"
+
+
 def _verdict(window: Window, gates: list[GateResult]) -> Verdict:
-    phase: MeasurementPhase = "Successful"
-    for g in gates:
-        if _SEVERITY[g.phase] > _SEVERITY[phase]:
-            phase = g.phase
-    return Verdict(window.request, phase, tuple(gates), window)
+    return Verdict(window.request, _window_phase(gates), tuple(gates), window)
 
 
 def assess_guard(window: Window, spec: AnalysisSpec) -> Verdict:
@@ -277,15 +292,21 @@ def assess_guard(window: Window, spec: AnalysisSpec) -> Verdict:
 # --- counters (Argo's limits) -------------------------------------------------------------------------------
 
 
-def count(counters: AnalysisCounters, phase: MeasurementPhase, spec: AnalysisSpec) -> tuple[AnalysisCounters, Outcome, str]:
-    """Add one measurement to the counters: what the rollout does next, and why."""
+def count(counters: AnalysisCounters, phase: MeasurementPhase, spec: AnalysisSpec, *,
+          provider_error: bool = False) -> tuple[AnalysisCounters, Outcome, str]:
+    """Add one measurement to the counters: what the rollout does next, and why. `provider_error`: the window
+    is Inconclusive because a query could not be answered (`Verdict.provider_error`): it holds without
+    charging `inconclusiveLimit` up to `consecutiveErrorLimit` such windows in a row; each one beyond counts
+    as missing data (`missingData`), until a window is answered."""
     n = counters.model_copy()
-    if phase == "Error":
+    why = ""
+    if phase == "Inconclusive" and provider_error:
         n.errors += 1
         n.consecutive_errors += 1
-        if n.consecutive_errors <= spec.consecutive_error_limit:
-            return n, "hold", f"provider error {n.consecutive_errors}/{spec.consecutive_error_limit + 1} in a row"
-        n.consecutive_errors = 0  # beyond the limit the errors count as missing data, then start over
+        limit = spec.consecutive_error_limit
+        if n.consecutive_errors <= limit:
+            return n, "hold", f"holding (provider error {n.consecutive_errors}/{limit} in a row)"
+        why = f"provider error {n.consecutive_errors} in a row, beyond consecutiveErrorLimit {limit}: "
         phase = "Failed" if spec.missing_data == "fail" else "Inconclusive"
     else:
         n.consecutive_errors = 0
@@ -295,12 +316,18 @@ def count(counters: AnalysisCounters, phase: MeasurementPhase, spec: AnalysisSpe
     if phase == "Failed":
         n.failed += 1
         if n.failed > spec.failure_limit:
-            return n, "rollback", f"{n.failed} failed measurement(s), failureLimit {spec.failure_limit}"
-        return n, "hold", f"failed measurement {n.failed}, failureLimit {spec.failure_limit}"
+            return n, "rollback", f"{why}{n.failed} failed measurement(s), failureLimit {spec.failure_limit}"
+        return n, "hold", _holding(why, f"failed measurement {n.failed}, failureLimit {spec.failure_limit}")
     n.inconclusive += 1
     if n.inconclusive > spec.inconclusive_limit:
-        return n, "rollback", f"{n.inconclusive} inconclusive measurement(s), inconclusiveLimit {spec.inconclusive_limit}"
-    return n, "hold", f"inconclusive measurement {n.inconclusive}, inconclusiveLimit {spec.inconclusive_limit}"
+        return n, "rollback", (f"{why}{n.inconclusive} inconclusive measurement(s), "
+                               f"inconclusiveLimit {spec.inconclusive_limit}")
+    return n, "hold", _holding(why, f"inconclusive measurement {n.inconclusive}, "
+                                    f"inconclusiveLimit {spec.inconclusive_limit}")
+
+
+def _holding(why: str, charged: str) -> str:
+    return f"holding ({why}{charged})" if why else charged
 
 
 # --- status <-> figures -------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ Without a provider (none in the spec, no `LOCALATTN_PROMETHEUS_URL`) every figur
 spec's `missingData` judges (inconclusive: hold; never promote blindly). The scrape provider reads the arms'
 pods, whose addresses the pass found (`scrape`, built by the reconciler over the LAD's `ScrapeState`, sampled
 when a window starts). The paired comparison (`PairedRequest`: the prompts and one ready pod per arm, found
-by the pass) sends each prompt, greedy, to both pods here; any failure is an Error (held, never failed).
+by the pass) sends each prompt, greedy, to both pods here; any failure is a provider error (held, never failed).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def run_paired(request: PairedRequest, boundaries: Sequence[int]) -> tuple[tuple
 
 
 class _Unwired:
-    """A configured provider the executor cannot run yet: every query is an Error (held, not failed)."""
+    """A configured provider the executor cannot run yet: every query is a provider error (held, not failed)."""
 
     def __init__(self, name: str, why: str):
         self.name, self._why = name, why

@@ -18,7 +18,8 @@ from localattn_operator.analysis import ArmFigures, Figures
 
 
 class ProviderError(Exception):
-    """The provider could not answer (unreachable, timeout, bad response): a measurement Error, not a Failure."""
+    """The provider could not answer (unreachable, timeout, bad response): the gate is Error and the window
+    Inconclusive (held), never Failed."""
 
 
 class MetricsProvider(Protocol):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 CEL_KEY = "x-kubernetes-validations"
@@ -392,9 +392,13 @@ class AnalysisSpec(ApiModel):
         default=20, ge=1, le=1_000_000, description="Fewer requests per arm in a window: the window is missing data."
     )
     failure_limit: int = Field(default=0, ge=0, le=100, description="Failed measurements beyond this roll back.")
-    inconclusive_limit: int = Field(default=3, ge=0, le=100, description="Inconclusive ones beyond this roll back.")
+    inconclusive_limit: int = Field(
+        default=3, ge=0, le=100, description="Missing-data measurements beyond this roll back."
+    )
     consecutive_error_limit: int = Field(
-        default=4, ge=0, le=100, description="Provider errors in a row beyond this count as missing data."
+        default=4, ge=0, le=100,
+        description="Provider-error windows in a row up to this hold without charging inconclusiveLimit; "
+        "beyond it each counts as missing data.",
     )
     missing_data: Literal["inconclusive", "fail"] = Field(
         default="inconclusive", description="inconclusive: hold (never promote blindly); fail: count as a failure."
@@ -565,7 +569,18 @@ class AutoscalingStatus(ApiModel):
 
 # --- progressive delivery (status) ------------------------------------------------------------------------
 RolloutPhase = Literal["Idle", "Progressing", "Paused", "Promoting", "Promoted", "RollingBack", "RolledBack", "Aborted"]
-MeasurementPhase = Literal["Successful", "Failed", "Inconclusive", "Error"]
+# A gate whose query the provider could not answer is `Error` (which query, and the provider's message); the
+# window it belongs to is Inconclusive (provider errors are not failures: the rollout holds, see `analysis.count`).
+GatePhase = Literal["Successful", "Failed", "Inconclusive", "Error"]
+
+
+def _legacy_error_window(value: object) -> object:
+    """A status written before provider-error windows were Inconclusive says `Error`: read it as Inconclusive
+    (so that an upgraded operator keeps the rollout's state, and rewrites it within the schema)."""
+    return "Inconclusive" if value == "Error" else value
+
+
+MeasurementPhase = Annotated[Literal["Successful", "Failed", "Inconclusive"], BeforeValidator(_legacy_error_window)]
 BUCKET_ALL = "all"
 
 
@@ -601,11 +616,11 @@ class PairedFiguresStatus(ApiModel):
 
 
 class GateStatus(ApiModel):
-    """One gate of one measurement, with the numbers that decided it."""
+    """One gate of a measurement and its numbers; `Error`: the provider did not answer (window Inconclusive)."""
 
     gate: str
     bucket: str = BUCKET_ALL
-    phase: MeasurementPhase
+    phase: GatePhase
     canary: float | None = None
     stable: float | None = None
     threshold: float | None = None
@@ -626,9 +641,11 @@ class Measurement(ApiModel):
 class AnalysisCounters(ApiModel):
     successful: int = 0
     failed: int = 0
-    inconclusive: int = 0
-    errors: int = 0
-    consecutive_errors: int = 0
+    inconclusive: int = Field(default=0, description="Windows charged to inconclusiveLimit (missing data).")
+    errors: int = Field(default=0, description="Provider-error windows (Inconclusive), charged or not.")
+    consecutive_errors: int = Field(
+        default=0, description="Provider-error windows in a row up to now (reset by any other)."
+    )
 
 
 class LastAnalysisStatus(ApiModel):

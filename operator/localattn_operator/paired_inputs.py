@@ -2,8 +2,8 @@
 
 Read under the LAD's lock, but cheap: at most two ConfigMap GETs, only when a canary window is due with
 `spec.pairedComparison.enabled`. Sending the prompts is `measure.run_paired`'s job, off the lock. Anything
-missing (a ConfigMap or key, an arm without a ready pod) becomes the request's `error`: the window is an
-Error for the agreement gate (held, never failed, never promoted blindly).
+missing (a ConfigMap or key, an arm without a ready pod) becomes the request's `error`: the agreement gate
+is Error and the window Inconclusive (held, never failed, never promoted blindly).
 """
 
 from __future__ import annotations

@@ -136,7 +136,8 @@ class _Pass(PassBase):
             phase=verdict.phase, started_at=format_time(verdict.request.start), finished_at=finished,
             step_index=st.step_index, canary_revision=st.canary_revision or "", message=verdict.summary(),
         )][-MAX_MEASUREMENTS:]
-        st.counters, outcome, why = analysis.count(st.counters, verdict.phase, a)
+        st.counters, outcome, why = analysis.count(st.counters, verdict.phase, a,
+                                                   provider_error=verdict.provider_error)
         if outcome == "rollback":
             self.rollback(f"Analysis{verdict.phase}", f"{why}: {verdict.summary()}")
         elif outcome == "advance" and not st.paused_manually:

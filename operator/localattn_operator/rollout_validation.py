@@ -14,10 +14,10 @@ import re
 
 from localattn_operator.duration import parse_duration
 from localattn_operator.models import LocalAttnDeploymentSpec
+from localattn_operator.names import is_dns_subdomain
 from localattn_operator.weights import resolve_surge
 
 MIN_ANALYSIS_SECONDS = 10  # a rate() needs two scrapes inside the window
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 def _duration_problem(path: str, text: str | None, minimum: int = 1) -> str | None:
@@ -119,6 +119,6 @@ def _analysis_problems(spec: LocalAttnDeploymentSpec) -> list[str]:
                 )
     for path, ref in (("spec.probe.goldenSet", spec.probe.golden_set),
                       ("spec.pairedComparison.prompts", spec.paired_comparison.prompts)):
-        if ref is not None and not _DNS_SUBDOMAIN.match(ref.name):
+        if ref is not None and not is_dns_subdomain(ref.name):
             problems.append(f"{path}.name: {ref.name!r} is not a valid ConfigMap name")
     return problems

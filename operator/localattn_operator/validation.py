@@ -13,10 +13,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from localattn_operator.models import RESERVED_ENV, LocalAttnDeploymentSpec, parse_spec
+from localattn_operator.names import is_dns_subdomain
 from localattn_operator.quantity import parse_quantity
 from localattn_operator.rollout_validation import rollout_problems
 
-_PVC_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _GPU = "nvidia.com/gpu"
@@ -45,7 +45,7 @@ def parse_model_uri(uri: str) -> ModelLocation:
     """Decode a model URI or raise ValueError saying what a valid one looks like."""
     if uri.startswith("pvc://"):
         claim, _, path = uri.removeprefix("pvc://").partition("/")
-        if not _PVC_NAME.match(claim):
+        if not is_dns_subdomain(claim):
             raise ValueError(f"pvc:// URI needs a valid claim name: pvc://<claim>/<path>, got {uri!r}")
         if ".." in path.split("/"):
             raise ValueError(f"pvc:// path must not contain '..', got {uri!r}")
@@ -203,7 +203,6 @@ def _resource_and_env_problems(spec: LocalAttnDeploymentSpec, location: ModelLoc
 _NAME_PART = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 _QUALIFIED = re.compile(rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_NAME_PART}$")  # label keys, resource names
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 _STANDARD_RESOURCES = {"cpu", "memory", "ephemeral-storage"}
 
@@ -220,7 +219,7 @@ def _key_problem(path: str, key: str) -> str | None:
 
 
 def _name_problem(path: str, name: str, kind: str) -> str | None:
-    if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+    if not is_dns_subdomain(name):
         return f"{path}: {name!r} is not a valid {kind} name (a lowercase DNS subdomain)"
     return None
 

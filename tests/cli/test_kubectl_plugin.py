@@ -68,6 +68,17 @@ def test_status_table_per_length_bucket_paired_gates_and_decisions() -> None:
     assert "AnalysisSuccessful" in text and "RolloutStarted" not in text
 
 
+def test_status_of_a_window_the_provider_could_not_answer() -> None:
+    message = "latency.e2e: provider error: bbbbbbbbbb: Prometheus unreachable: connection refused"
+    errored = {**RECORDED, "counters": {**RECORDED["counters"], "errors": 4, "consecutiveErrors": 2},
+               "lastAnalysis": {**RECORDED["lastAnalysis"], "phase": "Inconclusive", "gates": [
+                   {"gate": "latency.e2e", "bucket": "all", "phase": "Error", "threshold": 20, "message": message}]}}
+    text = format_status(lad(errored))
+    assert f"Analysis:   Inconclusive at 2026-12-01T15:10:00Z ({message})" in text
+    assert "errors 4 (2 in a row)" in text
+    assert rows_of(text)["latency.e2e"] == ["latency.e2e", "all", "Error", "-", "-", "20"]
+
+
 def test_status_without_rollout_and_with_an_invalid_spec() -> None:
     assert "no rollout status yet" in format_status(lad(status=None))
     text = format_status(lad(spec={"replicas": "many"}))  # InvalidSpec: the status still reads

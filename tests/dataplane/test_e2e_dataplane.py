@@ -20,13 +20,14 @@ from typing import Any
 
 import pytest
 
-from localattn_dev.controlplane import ClusterInfo, down, up
+from localattn_dev.controlplane import ClusterInfo
 from localattn_dev.devurls import url_of
 from localattn_dev.testing import (
     install_lad_crd,
     kubectl,
     kubectl_json,
     model_volume,
+    process_cluster,
     running_operator,
     temp_namespace,
     wait_for,
@@ -40,11 +41,8 @@ PORT = 8000
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterInfo]:
-    state_dir = tmp_path_factory.mktemp("dataplane")
-    try:
-        yield up(state_dir, nodes=2, gpus_per_node=2, node_mode="process", use_existing=False, models=("tiny-random",))
-    finally:  # also after a failed start
-        down(state_dir, purge=True)
+    with process_cluster(tmp_path_factory.mktemp("dataplane"), nodes=2, gpus_per_node=2, models=("tiny-random",)) as info:
+        yield info
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ import pytest
 from localattn_dev import dashboard_check as dc
 from localattn_dev.discovery import render_file_sd
 from localattn_dev.ports import free_port
+from localattn_dev.procs import stop_child
 from localattn_dev.prometheus import (
     PROMETHEUS,
     PrometheusFiles,
@@ -225,8 +226,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         time.sleep(9)  # several 2 s scrapes: a [6s] rate has two samples at the range's later points
         yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        stop_child(proc, grace=20)
         log.close()
         stack.close()
 

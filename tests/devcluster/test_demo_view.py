@@ -57,6 +57,9 @@ def test_rollout_view_reads_status_rollout_and_the_failed_gates() -> None:
     assert (r.stable_revision, r.canary_revision, r.last_analysis) == ("a", "b", "Failed")
     assert r.failed_gates == ("quality.perplexity[all]",)
     assert view.rollout_view({"status": {"phase": "Ready"}}) is None  # an operator without progressive delivery
+    down = view.rollout_view(lad_with_rollout(phase="Progressing", lastAnalysis={"phase": "Inconclusive", "gates": [
+        {"gate": "latency.e2e", "bucket": "all", "phase": "Error"}]}))  # fmt: skip
+    assert down is not None and down.last_analysis == "Inconclusive (provider error)" and down.failed_gates == ()
     assert view.lad_phase(lad) == "Ready 2/2"
 
 

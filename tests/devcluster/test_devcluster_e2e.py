@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from localattn_dev import procs
-from localattn_dev.controlplane import ClusterInfo, down, status, up
+from localattn_dev.components import Layout
+from localattn_dev.controlplane import PYTHON_COMPONENTS, ClusterInfo, code_fingerprint, down, status, up
 from localattn_dev.testing import kubectl, kubectl_json, temp_namespace, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -212,6 +213,21 @@ def test_apiserver_and_agent_restarts_are_survived(cluster: ClusterInfo, ns: str
     all_pods = kubectl_json("get", "pods", "-n", ns, kubeconfig=cluster.kubeconfig)["items"]
     ips = [p["status"]["podIP"] for p in all_pods if p["status"].get("podIP")]
     assert len(ips) == len(set(ips)) == 4  # the restarted agent did not hand out a held IP again
+
+
+def test_a_cluster_started_by_other_code_restarts_its_python_components(cluster: ClusterInfo) -> None:
+    """The node agent and the data plane run this checkout's Python: a cluster left running by older code (the
+    shared test cluster, a developer's) restarts them on `up`, and nothing else."""
+    state_file = Layout(cluster.state_dir).state_file
+    before = up(cluster.state_dir, use_existing=False)
+    state = json.loads(state_file.read_text())
+    assert state["code"] == code_fingerprint()
+    state_file.write_text(json.dumps({**state, "code": "older-code"}))
+    again = up(cluster.state_dir, use_existing=False)
+    changed = {name for name, pid in again.pids.items() if before.pids[name] != pid}
+    assert changed == set(PYTHON_COMPONENTS), changed
+    assert json.loads(state_file.read_text())["code"] == code_fingerprint()
+    assert not up(cluster.state_dir, use_existing=False).started  # same code: nothing restarts
 
 
 def test_down_stops_everything_it_started_and_nothing_else(cluster: ClusterInfo) -> None:

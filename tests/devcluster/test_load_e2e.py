@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from localattn_dev.procs import stop_child
+
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 VLLM = str(Path(sys.executable).with_name("vllm"))
 
@@ -53,12 +55,7 @@ def server(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
             time.sleep(1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_child(proc)
 
 
 def test_load_reports_percentiles_errors_and_the_prompt_mix(server: str, model: Path, tmp_path: Path) -> None:

@@ -254,3 +254,23 @@ def test_cores_spread_over_the_machine() -> None:
     assert pick_cores(1, 2, {0: 1, 1: 1}) == (0,)
     assert pick_cores(2, 2, {0: 3}) == (0, 1)
     assert pick_cores(2, 4, {0: 1, 1: 1}) == (2, 3)
+
+
+def test_the_runtime_image_imports_the_plugin_from_the_node_agents_checkout() -> None:
+    """The venv is shared between checkouts (content-keyed), and its editable install names whichever checkout
+    set it up last: a runtime pod must import the plugin from the checkout the cluster runs, or vLLM logs
+    "Failed to load plugin localattn" and serves without it. Other images get no project sources."""
+    pod: dict[str, Any] = {"metadata": {"name": "p", "uid": "u"},
+                           "spec": {"containers": [{"name": "c", "image": "localattn/vllm-runtime:0.1.0"}]}}
+    _, (plan,) = plan_pod(pod, FACTS, Refs(), {}, NODE, ROOT, HOSTPATH, {}, which)
+    checkout = Path(__file__).resolve().parents[2]
+    dirs = [Path(d) for d in plan.env["PYTHONPATH"].split(":")]
+    assert dirs == [checkout / "runtime", checkout / "kernels", checkout / "cli"]
+    for package in ("localattn_runtime", "localattn_kernels", "localattn_contract"):  # what the plugin imports
+        assert any((d / package / "__init__.py").exists() for d in dirs), package
+    pod["spec"]["containers"][0]["env"] = [{"name": "PYTHONPATH", "value": "/mine"}]
+    _, (plan,) = plan_pod(pod, FACTS, Refs(), {}, NODE, ROOT, HOSTPATH, {}, which)
+    assert plan.env["PYTHONPATH"] == "/mine"  # the pod spec's env wins, as over an image's ENV
+    pod["spec"]["containers"][0] = {"name": "c", "image": "vllm/vllm-openai:v0.32.0"}
+    _, (plan,) = plan_pod(pod, FACTS, Refs(), {}, NODE, ROOT, HOSTPATH, {}, which)
+    assert "PYTHONPATH" not in plan.env  # stock vLLM: no plugin

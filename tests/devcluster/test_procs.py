@@ -52,3 +52,32 @@ def test_stop_ends_members_that_outlive_their_leader(tmp_path: Path) -> None:
     while procs.session_members(record) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert procs.session_members(record) == []
+
+
+def test_stop_child_escalates_and_signals_the_group_only_when_asked(tmp_path: Path) -> None:
+    """`stop_child`: SIGTERM, SIGKILL after the grace for a child that ignores it; `group` reaches the child's
+    own children (a load client's `vllm bench serve`), without it they are left alone."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    ready = tmp_path / "ready"
+    code = ("import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "p = subprocess.Popen(['sleep', '300']); open(sys.argv[1], 'w').write(str(p.pid)); time.sleep(300)")
+    for group in (False, True):
+        ready.unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, "-c", code, str(ready)], start_new_session=True)
+        deadline = time.monotonic() + 10
+        while not (ready.exists() and ready.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        grandchild = int(ready.read_text())
+        started = time.monotonic()
+        assert procs.stop_child(proc, grace=0.5, group=group) == -signal.SIGKILL
+        assert 0.5 <= time.monotonic() - started < 10
+        time.sleep(0.2)
+        alive = not procs._is_zombie(grandchild)  # gone counts as a zombie too
+        assert alive is not group, (group, alive)
+        if alive:
+            os.kill(grandchild, signal.SIGKILL)
+    assert procs.stop_child(proc) == -signal.SIGKILL  # already gone: its status, nothing signalled

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -100,8 +101,9 @@ def test_unset_weight_is_one_and_unsupported_refs_are_skipped_with_a_reason() ->
                {"name": "pool", "group": "inference.networking.x-k8s.io", "kind": "InferencePool"},
                {"name": "far", "namespace": "other", "port": 8000}, {"name": "noport"}])
     backends, skipped = route_backends(r)
-    assert [(b.service, b.weight) for b in backends] == [("ns/a", 1), ("ns/b", 3)]
+    assert [(b.kind, b.name, b.weight) for b in backends] == [("Service", "ns/a", 1), ("Service", "ns/b", 3)]
     assert len(skipped) == 3 and any("ReferenceGrant" in s for s in skipped)
+    assert any("inference.networking.x-k8s.io" in s for s in skipped)  # v1alpha2's group: not the v1 API
 
 
 def test_a_backend_without_ready_endpoints_gets_no_traffic_and_weight_zero_keeps_its_server_idle() -> None:
@@ -144,3 +146,133 @@ def test_the_dev_schema_is_the_api_the_router_and_the_proxy_use() -> None:
         "backendRefs"]["items"]
     assert ref["properties"]["weight"] == {"type": "integer", "minimum": 0, "maximum": 1000000, "default": 1}
     assert crd["metadata"]["annotations"]["localattn.dev/schema"] == "dev-subset"
+
+
+# --- InferencePool backendRefs (the stand-in for the Endpoint Picker) ----------------------------------------
+
+POOL_REF = {"group": "inference.networking.k8s.io", "kind": "InferencePool"}
+
+
+def pool(name: str, labels: dict[str, str], ports: list[int], ns: str = "ns", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"selector": {"matchLabels": labels}, "targetPorts": [{"number": p} for p in ports],
+                     "endpointPickerRef": {"name": "epp", "port": {"number": 9002}}, **spec}}
+
+
+def pod(name: str, ip: str, labels: dict[str, str], ns: str = "ns", ready: bool = True, **meta: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": ns, "labels": labels, **meta},
+            "status": {"phase": "Running", "podIP": ip,
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def pool_frontends(r: dict[str, Any], pools: Sequence[dict[str, Any]], pods: Sequence[dict[str, Any]],
+                   services: Sequence[dict[str, Any]] = (), slices: Sequence[dict[str, Any]] = ()) -> Any:
+    by_pool = {f"{p['metadata']['namespace']}/{p['metadata']['name']}": p for p in pools}
+    addresses = allocate_addresses({}, {route_key(r): route_ports(r, by_pool)})
+    by_key = {f"{s['metadata']['namespace']}/{s['metadata']['name']}": s for s in services}
+    return route_frontends([r], by_key, slices_by_service(slices), addresses, pools=by_pool, pods=pods)
+
+
+def shares_of(f: Any) -> dict[tuple[str, int], float]:
+    return dict(zip([(s.address, s.port) for s in f.servers], served_shares([s.weight for s in f.servers]),
+                    strict=True))
+
+
+def test_a_pool_backend_is_its_ready_selected_pods_on_every_target_port_weighted_like_a_service() -> None:
+    arm = {"app": "llm", "track": "canary"}
+    r = route([{**POOL_REF, "name": "llm-canary", "weight": 25}, {"name": "llm-stable", "port": 8000, "weight": 75}])
+    pods = [
+        pod("c1", "127.1.0.5", {**arm, "extra": "x"}),  # selected: matchLabels is a subset of its labels
+        pod("c2", "127.1.1.5", arm),
+        pod("c3", "127.1.1.6", arm, ready=False),  # not Ready
+        pod("c4", "127.1.1.7", arm, deletionTimestamp="2026-01-01T00:00:00Z"),  # terminating
+        pod("c5", "127.1.1.8", arm, ns="other"),  # another namespace: a pool selects in its own only
+        pod("s1", "127.1.0.9", {"app": "llm", "track": "stable"}),  # the other arm's pod
+        pod("c6", "10.0.0.7", arm),  # never anything but loopback
+        pod("c7", "", arm),  # no IP yet
+    ]
+    (f,) = pool_frontends(r, [pool("llm-canary", arm, [8000, 8001])], pods, [svc("llm-stable")],
+                          [eps("llm-stable", ["127.1.0.2"])])
+    assert (f.name, f.port, f.mode) == ("httproute.ns.llm.8000", 8000, "http")  # the pool's first target port
+    share = shares_of(f)
+    canary = {(ip, port) for ip in ("127.1.0.5", "127.1.1.5") for port in (8000, 8001)}
+    assert set(share) == canary | {("127.1.0.2", 8000)}  # two pods x two target ports, plus the Service's one
+    assert sum(share[t] for t in canary) == pytest.approx(0.25)
+    assert share[("127.1.0.2", 8000)] == pytest.approx(0.75)
+
+
+def test_a_missing_or_unusable_pool_gets_no_traffic_and_a_route_led_by_one_has_no_port_yet() -> None:
+    from localattn_dev.routemodel import pool_problem
+
+    arm = {"app": "llm"}
+    pods = [pod("a", "127.1.0.5", arm)]
+    r = route([{"name": "s", "port": 8000, "weight": 50}, {**POOL_REF, "name": "p", "weight": 50}])
+    (f,) = pool_frontends(r, [], pods, [svc("s")], [eps("s", ["127.1.0.2"])])  # no such pool: its share moves
+    assert [(s.address, s.weight) for s in f.servers] == [("127.1.0.2", MAX_WEIGHT)]
+    led = route([{**POOL_REF, "name": "p"}, {"name": "s", "port": 8000}])
+    assert route_ports(led) == []  # the port is the pool's: unknown until it exists (no frontend meanwhile)
+    assert pool_frontends(led, [], pods, [svc("s")], [eps("s", ["127.1.0.2"])]) == []
+    assert route_ports(led, {"ns/p": pool("p", arm, [9000, 8000])}) == [9000]
+    for broken, why in ((pool("p", {}, [8000]), "matchLabels"), (pool("p", arm, []), "targetPorts"),
+                        (pool("p", arm, [8000], appProtocol="kubernetes.io/h2c"), "h2c")):
+        problem = pool_problem(broken)
+        assert problem is not None and why in problem
+        assert pool_frontends(r, [broken], pods, [svc("s")], [eps("s", ["127.1.0.2"])])[0].servers == \
+            f.servers  # an empty selector selects nothing (not every pod); h2c is not spoken to the pods
+    assert pool_problem(pool("p", arm, [8000], appProtocol="http")) is None
+
+
+def test_a_pool_weight_change_is_set_weight_and_a_pod_turning_ready_fills_a_slot_without_a_reload() -> None:
+    arm = {"app": "llm"}
+    p = [pool("p", arm, [8000])]
+    services, slices = [svc("s")], [eps("s", ["127.1.0.2"])]
+
+    def at(weights: tuple[int, int], pods: list[dict[str, Any]]) -> Any:
+        r = route([{"name": "s", "port": 8000, "weight": weights[0]}, {**POOL_REF, "name": "p", "weight": weights[1]}])
+        return pool_frontends(r, p, pods, services, slices)
+
+    one = [pod("a", "127.1.0.5", arm)]
+    first = proxyslots.plan(None, {}, at((90, 10), one))
+    moved = proxyslots.plan(at((90, 10), one), first.slots, at((50, 50), one))
+    assert not moved.reload and moved.commands
+    grown = proxyslots.plan(at((50, 50), one), moved.slots, at((50, 50), [*one, pod("b", "127.1.1.5", arm)]))
+    assert not grown.reload and any("127.1.1.5" in c for c in grown.commands)
+
+
+def test_the_operators_arm_pools_select_its_arms_pods_through_the_dev_schemas_fields() -> None:
+    """What the operator renders (`arm_inference_pool`, the arms' pod templates) is what the proxy reads, in
+    the field names of the dev cluster's CRD (upstream's: selector.matchLabels, targetPorts[].number)."""
+    from pathlib import Path
+
+    import yaml
+
+    from localattn_dev.dataplane import INFERENCE_POOLS
+    from localattn_dev.testing import example_lad
+    from localattn_operator.models import EndpointPickerRef
+    from localattn_operator.render import Owner, arm_inference_pool, definition_of, render_arm
+    from localattn_operator.routers.gatewayapi import INFERENCE_POOL_GROUP
+    from localattn_operator.validation import validate_spec
+
+    crd = yaml.safe_load((Path(__file__).resolve().parents[2] / "devcluster" / "localattn_dev" / "crds" /
+                          "inferencepool.yaml").read_text())
+    (version,) = crd["spec"]["versions"]
+    assert f"/apis/{crd['spec']['group']}/{version['name']}/{crd['spec']['names']['plural']}" == INFERENCE_POOLS
+    assert crd["spec"]["group"] == INFERENCE_POOL_GROUP == POOL_REF["group"]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert spec["properties"]["selector"]["required"] == ["matchLabels"]  # upstream requires them too
+    assert set(spec["properties"]["targetPorts"]["items"]["properties"]) == {"number"}
+    assert spec["properties"]["appProtocol"]["enum"] == ["http", "kubernetes.io/h2c"]
+
+    owner = Owner(name="llm", namespace="ns", uid="u")
+    definition = definition_of(validate_spec(example_lad("llm")["spec"]))
+    pools, pods = [], []
+    for i, track in enumerate(("stable", "canary")):
+        pools.append(arm_inference_pool(owner, definition, track, EndpointPickerRef(name="epp", port=9002)))
+        pools[-1]["metadata"]["namespace"] = "ns"
+        labels = render_arm(owner, definition, track, 1)["spec"]["template"]["metadata"]["labels"]
+        pods.append(pod(f"{track}-0", f"127.1.{i}.5", labels))
+    r = route([{**POOL_REF, "name": "llm-stable", "weight": 90}, {**POOL_REF, "name": "llm-canary", "weight": 10}])
+    (f,) = pool_frontends(r, pools, pods)
+    port = pools[0]["spec"]["targetPorts"][0]["number"]
+    assert shares_of(f) == {("127.1.0.5", port): pytest.approx(0.9), ("127.1.1.5", port): pytest.approx(0.1)}

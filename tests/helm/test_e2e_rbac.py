@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from localattn_dev import testing
+from localattn_dev import procs, testing
 
 pytestmark = pytest.mark.e2e
 
@@ -296,13 +295,9 @@ def test_operator_runs_as_the_chart_configures_it(kubeconfig: str, install: Any,
             health = f"http://127.0.0.1:{health_port}/healthz"
             testing.wait_for(lambda: urllib.request.urlopen(health, timeout=2).status == 200, timeout=30,
                              message="the operator's liveness endpoint")
-            lad = yaml.safe_load((ROOT / "examples" / "deployment.yaml").read_text())
-            lad["spec"]["replicas"] = 1
-            for demo_only in ("rollout", "analysis", "probe", "cost"):  # the demo's (real pods, Prometheus)
-                lad["spec"].pop(demo_only, None)
-            lad["spec"]["model"]["uri"] = "hf://localattn/tiny-llama"  # no PVC to provision on the dev cluster
+            name = "tiny-llama"
+            lad = testing.example_lad(name, replicas=1, model={"uri": testing.HF_MODEL})  # no PVC to provision
             kubectl(kubeconfig, "apply", "-n", watched, "-f", "-", input=yaml.safe_dump(lad))
-            name = lad["metadata"]["name"]
 
             def status() -> dict[str, Any]:
                 out = kubectl(kubeconfig, "get", "lad", name, "-n", watched, "-o", "yaml").stdout
@@ -316,12 +311,7 @@ def test_operator_runs_as_the_chart_configures_it(kubeconfig: str, install: Any,
             body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
             assert "localattn_operator_reconciles_total" in body
         finally:
-            operator.send_signal(signal.SIGTERM)
-            try:
-                operator.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                operator.kill()
-                operator.wait()
+            procs.stop_child(operator)
         text = log.read_text()
         assert "Forbidden" not in text and " 403" not in text, text[-4000:]
         # It led through the chart's Lease Role (in the release namespace) and handed the Lease back on SIGTERM.

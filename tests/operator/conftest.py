@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from localattn_dev.procs import stop_child
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -41,14 +43,8 @@ class OperatorProcess:
         )
 
     def _signal(self, sig: signal.Signals) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, sig)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # a stuck shutdown must not leak an operator into later tests
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        if self.proc is not None:  # SIGKILL after 30 s: a stuck shutdown must not leak an operator into later tests
+            stop_child(self.proc, group=True, sig=sig)
 
     def stop(self) -> None:
         self._signal(signal.SIGTERM)

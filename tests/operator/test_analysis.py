@@ -11,7 +11,13 @@ import pytest
 from localattn_operator import analysis
 from localattn_operator.analysis import AnalysisRequest, ArmFigures, Figures, PairedFigures, Window
 from localattn_operator.metrics_provider import ArmRef, FirstAvailable, ProviderError, collect_arm
-from localattn_operator.models import AnalysisCounters, AnalysisSpec
+from localattn_operator.models import (
+    AnalysisCounters,
+    AnalysisSpec,
+    GateStatus,
+    LastAnalysisStatus,
+    Measurement,
+)
 
 T0 = datetime(2026, 12, 1, 12, tzinfo=UTC)
 REQ = AnalysisRequest("canary", T0, T0 + timedelta(seconds=60), "stable1", "canary1")
@@ -127,13 +133,14 @@ def test_a_bucket_with_too_few_requests_is_not_judged() -> None:
     assert ("latency.e2e", "2048-inf") not in {(g.gate, g.bucket) for g in v.gates}
 
 
-def test_provider_down_is_an_error_not_a_failure() -> None:
+def test_provider_down_is_an_inconclusive_window_not_a_failure() -> None:
     provider = recorded()
     provider.down = True
     v = verdict(provider, spec(**QUALITY))
-    assert v.phase == "Error"
-    assert all(g.phase == "Error" for g in v.gates)
+    assert v.phase == "Inconclusive" and v.provider_error
+    assert all(g.phase == "Error" for g in v.gates)  # each gate still says which query errored
     assert "connection refused" in v.summary()
+    assert analysis.verdict_status(v, "2026-12-01T12:01:00Z").phase == "Inconclusive"
 
 
 def test_fallback_provider_answers_when_the_first_is_down() -> None:
@@ -171,9 +178,9 @@ def test_paired_agreement_gate_per_bucket_and_error() -> None:
     assert failed_gates(v) == {("quality.agreement", "2048-inf")}
     errored = analysis.assess(Window(REQ, window(recorded()).stable, window(recorded()).canary, (), "pod gone"),
                               spec(minAgreement=0.9), probe=False, paired=True)
-    assert errored.phase == "Error"
+    assert errored.phase == "Inconclusive" and errored.provider_error and "pod gone" in errored.summary()
     none = analysis.assess(window(recorded()), spec(minAgreement=0.9), probe=False, paired=True)
-    assert none.phase == "Inconclusive"
+    assert none.phase == "Inconclusive" and not none.provider_error  # no prompts: missing data
 
 
 def test_error_rate_and_cost_gates() -> None:
@@ -183,17 +190,20 @@ def test_error_rate_and_cost_gates() -> None:
     assert failed_gates(verdict(recorded(), spec(minCostSavingPercent=30))) == {("cost", "all")}
 
 
-def test_failure_beats_error_beats_inconclusive() -> None:
+def test_failure_beats_a_provider_error_which_is_inconclusive() -> None:
     good = window(recorded())
     errored = ArmFigures("canary1", good.canary.total, {}, {"p95_itl": "timeout"})  # one query timed out
     missing = ArmFigures("canary1", Figures(**{**good.canary.total.__dict__, "probe_perplexity": None}), {},
                          {"p95_itl": "timeout"})
     slow = ArmFigures("canary1", Figures(**{**missing.total.__dict__, "p95_e2e": 9.0}), {}, {"p95_itl": "timeout"})
-    phase = lambda arm: analysis.assess(Window(REQ, good.stable, arm), spec(**QUALITY), probe=True,  # noqa: E731
-                                        paired=False).phase
-    assert phase(errored) == "Error"
-    assert phase(missing) == "Error"  # an Error outranks missing data (Inconclusive)
-    assert phase(slow) == "Failed"  # and a failure outranks both
+    judge = lambda arm: analysis.assess(Window(REQ, good.stable, arm), spec(**QUALITY), probe=True,  # noqa: E731
+                                        paired=False)
+    assert (judge(errored).phase, judge(errored).provider_error) == ("Inconclusive", True)
+    both = judge(missing)  # an unanswerable query and missing data: a provider-error window, the error named first
+    assert (both.phase, both.provider_error) == ("Inconclusive", True)
+    assert both.summary().startswith("latency.itl: provider error: canary1: timeout"), both.summary()
+    assert "quality.perplexity: missing data" in both.summary()
+    assert judge(slow).phase == "Failed" and not judge(slow).provider_error  # a real failure beats both
 
 
 @pytest.mark.parametrize(
@@ -203,21 +213,54 @@ def test_failure_beats_error_beats_inconclusive() -> None:
         (["Failed"], {}, ["rollback"]),  # failureLimit 0: the first failure rolls back (Argo)
         (["Failed", "Failed"], {"failureLimit": 1}, ["hold", "rollback"]),
         (["Inconclusive"] * 4, {}, ["hold", "hold", "hold", "rollback"]),  # inconclusiveLimit 3
-        # provider down: four errors in a row hold, the fifth counts as missing data (inconclusive) ...
+        # "Error": a provider-error window (Inconclusive). Provider down: four in a row hold for free, each one
+        # beyond consecutiveErrorLimit (4) counts as missing data (inconclusive) ...
         (["Error"] * 5, {"inconclusiveLimit": 0}, ["hold"] * 4 + ["rollback"]),
         (["Error"] * 5, {"inconclusiveLimit": 1}, ["hold"] * 5),
+        (["Error"] * 6, {"inconclusiveLimit": 1}, ["hold"] * 5 + ["rollback"]),
         (["Error"] * 5, {"missingData": "fail"}, ["hold"] * 4 + ["rollback"]),
-        # ... and a success in between resets the run of errors
+        # ... the free ones leave the inconclusive budget whole ...
+        (["Error"] * 4 + ["Inconclusive"] * 4, {}, ["hold"] * 7 + ["rollback"]),
+        # ... a success in between resets the run of errors ...
         (["Error"] * 4 + ["Successful"] + ["Error"] * 4, {"inconclusiveLimit": 0}, ["hold"] * 4 + ["advance"] + ["hold"] * 4),
+        # ... and a failed gate beats an errored one: the window is a failure, not a provider error
+        (["Error", "Failed"], {}, ["hold", "rollback"]),
     ],
 )
 def test_counters_follow_argo_limits(phases: list[Any], limits: dict[str, Any], outcomes: list[str]) -> None:
     a = AnalysisSpec.model_validate(limits)
     counters, seen = AnalysisCounters(), []
     for phase in phases:
-        counters, outcome, _ = analysis.count(counters, phase, a)
+        errored = phase == "Error"
+        counters, outcome, _ = analysis.count(counters, "Inconclusive" if errored else phase, a, provider_error=errored)
         seen.append(outcome)
     assert seen == outcomes
+
+
+def test_provider_errors_are_counted_and_say_why_they_hold() -> None:
+    a = AnalysisSpec.model_validate({"consecutiveErrorLimit": 1, "inconclusiveLimit": 2})
+    c, outcome, why = analysis.count(AnalysisCounters(), "Inconclusive", a, provider_error=True)
+    assert (outcome, why) == ("hold", "holding (provider error 1/1 in a row)")
+    assert (c.errors, c.consecutive_errors, c.inconclusive) == (1, 1, 0)  # within the limit: nothing charged
+    c = AnalysisCounters.model_validate(c.model_dump(mode="json", by_alias=True))  # a restart reads them back
+    c, outcome, why = analysis.count(c, "Inconclusive", a, provider_error=True)
+    assert outcome == "hold" and why == ("holding (provider error 2 in a row, beyond consecutiveErrorLimit 1: "
+                                         "inconclusive measurement 1, inconclusiveLimit 2)")
+    c, _, why = analysis.count(c, "Inconclusive", a, provider_error=True)
+    assert (c.errors, c.consecutive_errors, c.inconclusive) == (3, 3, 2), why
+    c, outcome, why = analysis.count(c, "Inconclusive", a, provider_error=True)
+    assert outcome == "rollback" and why.endswith("3 inconclusive measurement(s), inconclusiveLimit 2"), why
+    c, outcome, _ = analysis.count(AnalysisCounters(errors=3, consecutive_errors=3), "Successful", a)
+    assert (outcome, c.errors, c.consecutive_errors) == ("advance", 3, 0)
+
+
+def test_a_status_from_before_provider_errors_were_inconclusive_still_reads() -> None:
+    old = {"phase": "Error", "startedAt": "t0", "finishedAt": "t1", "stepIndex": 0, "canaryRevision": "c"}
+    assert Measurement.model_validate(old).phase == "Inconclusive"
+    assert LastAnalysisStatus.model_validate({"phase": "Error", "finishedAt": "t1"}).phase == "Inconclusive"
+    assert GateStatus.model_validate({"gate": "latency.e2e", "phase": "Error"}).phase == "Error"
+    with pytest.raises(ValueError, match="Inconclusive"):
+        Measurement.model_validate({**old, "phase": "Unknown"})
 
 
 def test_guard_compares_the_new_stable_with_the_recorded_baseline() -> None:

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import yaml
 
 from localattn_dev import controlplane
-from localattn_dev.testing import kubectl, temp_namespace, wait_for
+from localattn_dev.testing import HF_MODEL, example_lad, kubectl, temp_namespace, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # about 3-5 min: a cluster of its own, two restarts, 3 seeds
 
@@ -42,13 +41,7 @@ SETTLED = {"Idle": "settled", "Promoted": "settled"}
 
 
 def lad(name: str, replicas: int = 1) -> dict[str, Any]:
-    doc = yaml.safe_load((ROOT / "examples" / "deployment.yaml").read_text())
-    for demo_only in ("rollout", "analysis", "probe", "cost"):  # the demo's (real pods, Prometheus)
-        doc["spec"].pop(demo_only, None)
-    doc["metadata"] = {"name": name}
-    doc["spec"]["replicas"] = replicas
-    doc["spec"]["model"]["uri"] = "hf://localattn/tiny-llama"  # no claim to bind
-    return doc
+    return example_lad(name, replicas=replicas, model={"uri": HF_MODEL})  # no claim to bind
 
 
 @dataclass

@@ -14,26 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from localattn_dev.testing import temp_namespace
+from localattn_dev.testing import HF_MODEL, example_lad, temp_namespace
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
 LEASE, RENEW, RETRY = 6, 4, 1  # seconds; short so the test is quick (the chart's defaults are 15/10/2)
 SLACK = 3.0  # API latency and polling on a loaded CI machine
 RESYNC = 5
 
 
 def lad(name: str, replicas: int) -> dict[str, Any]:
-    doc = yaml.safe_load((ROOT / "examples" / "deployment.yaml").read_text())
-    for demo_only in ("rollout", "analysis", "probe", "cost"):  # the demo's (real pods, Prometheus)
-        doc["spec"].pop(demo_only, None)
-    doc["metadata"] = {"name": name}
-    doc["spec"]["replicas"] = replicas
-    doc["spec"]["model"]["uri"] = "hf://localattn/tiny-llama"  # no claim to bind
-    return doc
+    return example_lad(name, replicas=replicas, model={"uri": HF_MODEL})  # no claim to bind
 
 
 def our_events(k8s: Any, namespace: str) -> list[dict[str, Any]]:

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-POOL_CRD = ROOT / "devcluster" / "localattn_dev" / "crds" / "inferencepool.yaml"
 POOL_CRD_NAME = "inferencepools.inference.networking.k8s.io"
 GROUP = "inference.networking.k8s.io"
 
@@ -54,9 +51,10 @@ def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def test_inference_pool_backends_follow_the_rollout_and_a_missing_crd_is_reported(k8s, operator, namespace) -> None:
     from localattn_dev.gatewayschema import ensure_installed
+    from localattn_dev.testing import install_inference_pool_crd
 
     assert ensure_installed(k8s.kubeconfig)
-    k8s.kubectl("delete", "crd", POOL_CRD_NAME, "--ignore-not-found", "--wait=true")  # ours: only this test uses it
+    k8s.kubectl("delete", "crd", POOL_CRD_NAME, "--ignore-not-found", "--wait=true")  # ours; tests using it install it
     k8s.apply(namespace, route("pool"))
     k8s.apply(namespace, lad("pool"))
     status = k8s.wait_lad(namespace, "pool",
@@ -65,8 +63,7 @@ def test_inference_pool_backends_follow_the_rollout_and_a_missing_crd_is_reporte
     assert k8s.get(namespace, "deployment", "pool-stable", missing_ok=True) is None  # nothing half-made
     assert "TrafficRouterError" in k8s.event_reasons(namespace, "pool")
 
-    k8s.kubectl("apply", "-f", str(POOL_CRD))
-    k8s.kubectl("wait", "--for", "condition=established", "--timeout=60s", f"crd/{POOL_CRD_NAME}")
+    install_inference_pool_crd(k8s.kubeconfig)
     k8s.kubectl("annotate", "lad", "pool", "-n", namespace, "--overwrite", f"e2e/nudge={time.time()}")
     first = k8s.wait_lad(namespace, "pool", lambda s: s.get("phase") == "Ready", timeout=90)["status"]["currentRevision"]
     for track in ("stable", "canary"):

@@ -13,16 +13,21 @@ rollouts the others need anyway (a test run alone with `-k` therefore fails its 
    (kubectl plugin) / pause (plugin) / resume (annotation); the operator SIGKILLed once while a step is
    analysed and once mid-promotion (check 4: it resumes from `status.rollout`). Sampled throughout: ready
    serving pods never below `replicas - 1` and the GPUs the arms ask for never above `replicas` (what the
-   design promises for `maxSurge: 0`, docs/rollout.md "Promotion"; see the test's docstring).
+   design promises for `maxSurge: 0`, docs/rollout.md "Promotion"; see the test's docstring). The paired
+   comparison is on (reported, no floor): the golden set's prompts, greedy, to one pod per arm each window.
 2. -> the bad revision (W=16, no sinks, no global layer), `maxSurge: 1`, steps 25 %, pause, 33 % (the same
    split: no extra pod). Step 1 with the quality gate off: the latency-only analysis passes, with the quality
    regression visible in its figures. Then the quality gate on, `kubectl localattn resume`, and step 3's
    analysis fails on quality alone (latency passed in the same window): rolled back, numbers in status and in
-   the Warning event. Ready pods never below `replicas`; stable's pods never restarted.
+   the Warning event. The paired comparison is on with a `minAgreement` floor: the bad canary agrees less with
+   its stable, and diverges more in logprobs, than the good one did in test 1, and the agreement gate judged
+   its number. Ready pods never below `replicas`; stable's pods never restarted.
 3. -> the good revision plus `LOCALATTN_TEST_DELAY_MS` (the runtime's test-only fault: every model step waits),
-   one step. Prometheus is stopped once the canary is ready (check 4): the windows are Error, then, beyond
-   `consecutiveErrorLimit: 1`, Inconclusive (`missingData: inconclusive`), and the rollout holds; Prometheus
-   started again, the next window fails the latency gate alone: rolled back.
+   one step. Prometheus is stopped once the canary is ready (check 4): every window is Inconclusive (its gates
+   Error, the provider's message in the `AnalysisInconclusive` event) and the rollout holds; the first for
+   free, the second and third, beyond `consecutiveErrorLimit: 1`, charged to `inconclusiveLimit` as missing data
+   (`missingData: inconclusive`). Prometheus started again, the next window fails the latency gate alone:
+   rolled back.
 4. -> a third revision (S=8): promote-now through the plugin (acknowledged, Promoting, stable kept while the
    canary is not ready), then abort through the annotation mid-promotion (Aborted, canary gone, stable
    untouched), then the spec reverted to the stable revision (Idle).
@@ -34,12 +39,12 @@ cores with the load client and each other; the delay fault is far beyond them). 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,13 +57,14 @@ import pytest
 import yaml
 
 from localattn_dev import modelstore, procs, prometheus
-from localattn_dev.controlplane import ClusterInfo, down, up
+from localattn_dev.controlplane import ClusterInfo
 from localattn_dev.demo import answers
 from localattn_dev.demo_io import Kube, LoadPlan, Loads, revision_figures
 from localattn_dev.devurls import url_of
+from localattn_dev.fleetsampler import FleetSampler
 from localattn_dev.ports import free_port
 from localattn_dev.serviceproxy import write_atomic
-from localattn_dev.testing import wait_for
+from localattn_dev.testing import process_cluster, wait_for
 
 # The first test also pays for the module's cluster and baseline; on a shared, busy machine a vLLM pod can take
 # minutes to start, so pytest's default per-test timeout is raised (the waits below bound each step themselves).
@@ -71,6 +77,8 @@ REPLICAS = 2
 DELAY_MS = 80
 KEEP = "LOCALATTN_E2E_KEEP"  # set: the module's cluster is left running after the tests (for a look)
 POD_START_TIMEOUT = 420.0  # a vLLM pod on a busy 2-core machine; several may start one after another
+PAIRED_PROMPTS = 8  # the golden set's exact-match prompts (`localattn model golden` builds 8)
+AGREEMENT_FLOOR = 0.6  # test 2's minAgreement
 
 
 def _example(name: str) -> dict[str, Any]:
@@ -98,7 +106,7 @@ _plugin = _load(ROOT / "tests" / "cli" / "test_e2e_kubectl_plugin.py", "_plugin_
 
 
 def analysis(prom: str, *, quality: bool = True, e2e: int = 500, failure_limit: int = 2,
-             interval: str = "10s") -> dict[str, Any]:
+             interval: str = "10s", min_agreement: float | None = None) -> dict[str, Any]:
     """The analysis of every rollout here. Latency limits are wide (500 % by default): two pods and the load
     client share 2 cores, and a 10 s window's p95 has been seen 6x the other arm's for no reason but that;
     the delay fault (test 3) is far beyond any of it. Missing data holds for up to 8 windows (a new pod's
@@ -106,13 +114,18 @@ def analysis(prom: str, *, quality: bool = True, e2e: int = 500, failure_limit: 
     thresholds: dict[str, Any] = {"maxLatencyRegressionPercent": {"e2e": e2e}, "maxErrorRate": 0.05}
     if quality:
         thresholds |= {"maxPerplexityRatio": 1.05, "maxExactMatchDrop": 0.25}
+    if min_agreement is not None:
+        thresholds["minAgreement"] = min_agreement
     return {"interval": interval, "initialDelay": "10s", "minRequests": 4, "failureLimit": failure_limit,
             "inconclusiveLimit": 8, "consecutiveErrorLimit": 1, "missingData": "inconclusive",
             "lengthBuckets": [256], "thresholds": thresholds, "provider": {"prometheus": {"url": prom}}}
 
 
 def manifest(local: dict[str, Any], rollout: dict[str, Any], analysis_: dict[str, Any],
-             env: list[dict[str, str]] | None = None) -> dict[str, Any]:
+             env: list[dict[str, str]] | None = None, paired: bool = False) -> dict[str, Any]:
+    """The baseline with this local-attention setting, rollout and analysis. `paired`: the operator also sends
+    the golden set's exact-match prompts (about 70-100 tokens, beyond the bad setting's window of 16), greedy,
+    to one pod per arm each window and compares the tokens (spec.pairedComparison)."""
     doc = json.loads(json.dumps(BASELINE))
     spec = doc["spec"]
     spec["replicas"] = REPLICAS
@@ -120,87 +133,12 @@ def manifest(local: dict[str, Any], rollout: dict[str, Any], analysis_: dict[str
     spec["runtime"]["env"] = [*spec["runtime"].get("env", []), *(env or [])]
     spec["rollout"] = {"progressDeadlineSeconds": 300, **rollout}
     spec["analysis"] = analysis_
+    if paired:
+        spec["pairedComparison"] = {"enabled": True, "maxPrompts": PAIRED_PROMPTS, "maxTokens": 16}
     return doc
 
 
 # --- observing ----------------------------------------------------------------------------------------------
-
-
-def _ready(pod: Any) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
-
-
-def _gpus(pod: Any) -> int:
-    total = 0
-    for c in pod.spec.containers:
-        res = c.resources
-        asked = (res.limits or {}).get("nvidia.com/gpu") or (res.requests or {}).get("nvidia.com/gpu") if res else None
-        total += int(asked or 0)
-    return total
-
-
-@dataclass(frozen=True)
-class FleetSample:
-    t: float
-    ready: int  # ready, not terminating: what the Service routes to
-    gpu_pods: int  # pods asking for a GPU, not terminating
-    gpu_pods_all: int  # ... terminating ones included (their GPU is not free until they are gone)
-    planned_gpus: int  # the arms' Deployments: spec.replicas x GPUs per pod (the operator's plan)
-
-
-class FleetSampler:
-    """Samples the LAD's fleet every 0.3 s in a thread (the kubernetes client on one connection: a kubectl
-    process per sample would cost the shared CPUs more than the pods it watches)."""
-
-    def __init__(self, kubeconfig: Path, namespace: str = "default", name: str = LAD):
-        from kubernetes import client, config
-
-        self._api = config.new_client_from_config(config_file=str(kubeconfig))
-        self._core, self._apps = client.CoreV1Api(self._api), client.AppsV1Api(self._api)
-        self.namespace, self.selector = namespace, f"localattn.dev/deployment={name}"
-        self.samples: list[FleetSample] = []
-        self.errors = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._t0 = time.monotonic()
-
-    def sample(self) -> FleetSample:
-        pods = self._core.list_namespaced_pod(self.namespace, label_selector=self.selector,
-                                              _request_timeout=10).items
-        deployments = self._apps.list_namespaced_deployment(self.namespace, label_selector=self.selector,
-                                                            _request_timeout=10).items
-        alive = [p for p in pods if p.status.phase not in ("Succeeded", "Failed")]
-        live = [p for p in alive if p.metadata.deletion_timestamp is None]
-        planned = 0
-        for d in deployments:
-            per_pod = sum(int(((c.resources.limits or {}) if c.resources else {}).get("nvidia.com/gpu") or 0)
-                          for c in d.spec.template.spec.containers)
-            planned += (d.spec.replicas or 0) * per_pod
-        return FleetSample(time.monotonic() - self._t0, sum(1 for p in live if _ready(p)),
-                           sum(1 for p in live if _gpus(p)), sum(1 for p in alive if _gpus(p)), planned)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.samples.append(self.sample())
-            except Exception:  # an apiserver hiccup is not a capacity drop; counted, not sampled
-                self.errors += 1
-            self._stop.wait(0.3)
-
-    def __enter__(self) -> FleetSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)
-        self._api.close()
-
-    def summary(self) -> str:
-        s = self.samples
-        return (f"{len(s)} samples ({self.errors} failed): ready min {min(x.ready for x in s)}, GPU pods max "
-                f"{max(x.gpu_pods for x in s)} (with terminating {max(x.gpu_pods_all for x in s)}), planned GPUs "
-                f"max {max(x.planned_gpus for x in s)}")
 
 
 @dataclass
@@ -214,6 +152,7 @@ class Rig:
     t0: float = field(default_factory=time.monotonic)
     timings: list[tuple[str, float]] = field(default_factory=list)
     revisions: dict[str, str] = field(default_factory=dict)  # what each test rolled out, by name
+    paired: dict[str, dict[str, Any]] = field(default_factory=dict)  # a canary's last paired figures, by name
     load_started: float = 0.0
 
     @property
@@ -303,9 +242,10 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     (work / "logs").mkdir(parents=True)
     loads = Loads(work, LoadPlan(target="", model=LAD, tokenizer=""))
     operator: Any = None
+    cluster = contextlib.ExitStack()  # closed last, after the operator and the load
     try:
-        info = up(state_dir, nodes=2, gpus_per_node=2, node_mode="process", use_existing=False,
-                  models=("tiny-llama",))  # fmt: skip
+        info = cluster.enter_context(process_cluster(state_dir, nodes=2, gpus_per_node=2, models=("tiny-llama",),
+                                                     keep=bool(os.environ.get(KEEP))))  # fmt: skip
         kube = Kube(info.kubeconfig)
         prom = url_of("prometheus", state_dir=state_dir)
         assert prom, "the dev cluster has no Prometheus"
@@ -346,11 +286,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         if operator is not None:
             operator.stop()
         print(f"\nmodule wall time {time.monotonic() - started:.0f} s; load: {loads.summary_line('steady')}")
-        if os.environ.get(KEEP):
-            print(f"{KEEP} set: the cluster keeps running for a look; stop it with "
-                  f"`localattn dev --state-dir {state_dir} down --purge`")
-        else:
-            down(state_dir, purge=True)
+        cluster.close()  # kept running when KEEP is set
 
 
 # --- 1 -------------------------------------------------------------------------------------------------------
@@ -364,9 +300,9 @@ def test_a_good_canary_is_promoted_through_every_step_with_manual_control_and_op
     are gone, and the operator plans a replacement only then (weights.transfer), so even with spare GPUs in
     the cluster the pods holding a GPU never exceed `replicas`."""
     baseline = rig.revisions["baseline"]
-    with FleetSampler(rig.kubeconfig) as fleet:
+    with FleetSampler(rig.kubeconfig, "default", LAD) as fleet:
         rig.apply(manifest(GOOD, {"steps": [{"setWeight": 25}, {"setWeight": 50}], "maxSurge": 0},
-                           analysis(rig.prometheus)))
+                           analysis(rig.prometheus), paired=True))
         ro = rig.wait(lambda r: r.get("canaryRevision") and r.get("phase") == "Progressing", "1: canary started")
         canary = ro["canaryRevision"]
         assert ro["stableRevision"] == baseline != canary
@@ -419,6 +355,12 @@ def test_a_good_canary_is_promoted_through_every_step_with_manual_control_and_op
         assert last[arm]["probePerplexity"] > 1 and last[arm]["probeExactMatch"] is not None
     ppl = _gate(done, "quality.perplexity")
     assert ppl is not None and ppl["phase"] == "Successful" and ppl["canary"] / ppl["stable"] <= 1.05
+    # the paired comparison ran on both arms' pods (reported; no minAgreement gate here)
+    paired = {p["bucket"]: p for p in last["paired"]}
+    assert paired["all"]["prompts"] == PAIRED_PROMPTS, last["paired"]
+    assert 0 <= paired["all"]["agreement"] <= 1 and paired["all"]["logprobDivergence"] is not None, paired
+    assert not [g for g in last["gates"] if g["gate"] == "quality.agreement"], "no floor set, no gate"
+    rig.paired["good"] = paired["all"]
     reasons = rig.reasons()
     assert reasons.count("RolloutStarted") == 1 and reasons.count("Promoted") == 1, reasons  # none repeated by kills
     stable = rig.deployment("stable")
@@ -432,7 +374,7 @@ def test_a_good_canary_is_promoted_through_every_step_with_manual_control_and_op
     assert max(s.planned_gpus for s in fleet.samples) <= REPLICAS, fleet.summary()
     assert max(s.gpu_pods_all for s in fleet.samples) <= REPLICAS, fleet.summary()
     # back at full capacity: the sampler's last sample may predate the last stable pod turning Ready
-    with FleetSampler(rig.kubeconfig) as after:
+    with FleetSampler(rig.kubeconfig, "default", LAD) as after:
         wait_for(lambda: after.sample().ready == REPLICAS or None, timeout=90, interval=1,
                  message="the fleet back at replicas ready pods after the promotion")
     rig.revisions["good"] = canary
@@ -445,7 +387,7 @@ def test_a_quality_regression_passes_a_latency_only_analysis_and_is_rolled_back_
     good = rig.revisions["good"]
     steps = {"steps": [{"setWeight": 25}, {"pause": {}}, {"setWeight": 33}], "maxSurge": 1}  # 25 and 33: 2+1 pods
     stable_pods = rig.stable_pod_uids()
-    with FleetSampler(rig.kubeconfig) as fleet:
+    with FleetSampler(rig.kubeconfig, "default", LAD) as fleet:
         rig.apply(manifest(BAD, steps, analysis(rig.prometheus, quality=False, e2e=1000)))
         ro = rig.wait(lambda r: r.get("canaryRevision") not in (None, good), "2: bad canary started")
         bad = ro["canaryRevision"]
@@ -463,8 +405,9 @@ def test_a_quality_regression_passes_a_latency_only_analysis_and_is_rolled_back_
         assert ratio > 1.05, f"perplexity ratio {ratio:.3f}"
 
         # the same canary, the quality gate on: resumed through the plugin, step 3 fails on quality only
-        rig.apply(manifest(BAD, steps, analysis(rig.prometheus, quality=True, e2e=1000, failure_limit=0)))
-        assert rig.rollout()["canaryRevision"] == bad, "analysis settings are not a new revision"
+        rig.apply(manifest(BAD, steps, analysis(rig.prometheus, quality=True, e2e=1000, failure_limit=0,
+                                                min_agreement=AGREEMENT_FLOOR), paired=True))
+        assert rig.rollout()["canaryRevision"] == bad, "analysis (and paired comparison) settings are not a new revision"
         value = rig.plugin("resume")
         rig.wait(lambda r: (r.get("acknowledged") or {}).get("resume") == value and r.get("stepIndex") == 2,
                  "2: resumed through the plugin")
@@ -481,6 +424,18 @@ def test_a_quality_regression_passes_a_latency_only_analysis_and_is_rolled_back_
     failed = [g for g in gates.values() if g["phase"] == "Failed"]
     assert failed and all(g["gate"].startswith("quality.") for g in failed), gates
     ppl = gates["quality.perplexity"]
+    # the paired comparison, same prompts to one pod per arm: the bad canary agrees less with its stable (the
+    # good revision) than the good one did with the full-attention baseline, and its gate judged its number
+    agreement = gates["quality.agreement"]
+    bad_paired = {p["bucket"]: p for p in done["lastAnalysis"]["paired"]}["all"]
+    good_paired = rig.paired["good"]
+    print(f"2: paired agreement {bad_paired['agreement']:.3f} (good canary: {good_paired['agreement']:.3f}), "
+          f"logprob divergence {bad_paired['logprobDivergence']:.3f} (good: {good_paired['logprobDivergence']:.3f}), "
+          f"first divergence {bad_paired['firstDivergence']} (good: {good_paired['firstDivergence']})")
+    assert bad_paired["prompts"] == PAIRED_PROMPTS and agreement["canary"] == bad_paired["agreement"]
+    assert agreement["phase"] == ("Failed" if bad_paired["agreement"] < AGREEMENT_FLOOR else "Successful"), agreement
+    assert bad_paired["agreement"] < good_paired["agreement"], (bad_paired, good_paired)
+    assert bad_paired["logprobDivergence"] > good_paired["logprobDivergence"], (bad_paired, good_paired)
     print(f"2: latency-only step passed with perplexity ratio {ratio:.3f}; rolled back on {ppl['message']}; "
           f"{gates['latency.e2e']['message']}")
     assert ppl["phase"] == "Failed" and ppl["canary"] > ppl["threshold"] * ppl["stable"], ppl
@@ -512,26 +467,41 @@ def test_a_latency_regression_holds_through_a_prometheus_outage_then_is_rolled_b
     good = rig.revisions["good"]
     delay = [{"name": "LOCALATTN_TEST_DELAY_MS", "value": str(DELAY_MS)}]
     stable_pods = rig.stable_pod_uids()
-    with FleetSampler(rig.kubeconfig) as fleet:
+    with FleetSampler(rig.kubeconfig, "default", LAD) as fleet:
         rig.apply(manifest(GOOD, {"steps": [{"setWeight": 25}], "maxSurge": 1},
                            analysis(rig.prometheus, e2e=100, failure_limit=0, interval="15s"), env=delay))
         ro = rig.wait(lambda r: r.get("phase") == "Progressing" and r.get("canaryRevision") not in (None, good),
                       "3: delayed canary started")
         slow = ro["canaryRevision"]
         rig.wait(lambda r: r.get("settledAt"), "3: canary ready", timeout=POD_START_TIMEOUT)
-        errors_before = rig.reasons().count("AnalysisError")
+        held_before = rig.reasons().count("AnalysisInconclusive")
         _prometheus_stop(rig)
         try:
             rig.mark("3: Prometheus stopped")
-            first = rig.wait_event("AnalysisError", count=errors_before + 1, timeout=120)
-            assert first["type"] == "Warning" and "provider error 1/2" in first["message"], first["message"]
-            held = rig.wait(lambda r: (r.get("counters") or {}).get("inconclusive", 0) >= 1,
-                            "3: errors beyond consecutiveErrorLimit counted as missing data", timeout=120)
+            # a provider error is an Inconclusive window that holds: within consecutiveErrorLimit (1) for free ...
+            first = rig.wait_event("AnalysisInconclusive", count=held_before + 1, timeout=120)
+            assert first["type"] == "Warning", first
+            assert first["message"].startswith("holding (provider error 1/1 in a row): "), first["message"]
+            assert f"provider error: {slow}: prometheus {rig.prometheus}" in first["message"], first["message"]
+            # ... then each one beyond it is missing data: the second and the third charge inconclusiveLimit
+            second = rig.wait_event("AnalysisInconclusive", count=held_before + 2, timeout=60)
+            assert second["message"].startswith("holding (provider error 2 in a row, beyond consecutiveErrorLimit 1: "
+                                                "inconclusive measurement 1, inconclusiveLimit 8): "), second["message"]
+            third = rig.wait_event("AnalysisInconclusive", count=held_before + 3, timeout=60)
+            assert third["message"].startswith("holding (provider error 3 in a row, beyond consecutiveErrorLimit 1: "
+                                               "inconclusive measurement 2, inconclusiveLimit 8): "), third["message"]
+            held = rig.wait(lambda r: (r.get("counters") or {}).get("errors", 0) >= 3,
+                            "3: three provider-error windows counted in status", timeout=30)
             assert held["phase"] == "Progressing" and held["canaryRevision"] == slow, "held, neither promoted nor failed"
-            assert held["counters"]["errors"] >= 2 and held["counters"]["failed"] == 0, held["counters"]
-            assert [m["phase"] for m in held["measurements"] if m["canaryRevision"] == slow][:2] == ["Error", "Error"]
-            second = rig.wait_event("AnalysisError", count=errors_before + 2)
-            assert "inconclusive measurement 1, inconclusiveLimit 8" in second["message"], second["message"]
+            c = held["counters"]
+            assert c["errors"] == c["consecutiveErrors"] >= 3 and c["failed"] == 0 and c["successful"] == 0, c
+            assert c["inconclusive"] == c["consecutiveErrors"] - 1, c  # all but the first charged
+            windows = [m for m in held["measurements"] if m["canaryRevision"] == slow]
+            assert len(windows) >= 3 and all(m["phase"] == "Inconclusive" for m in windows), windows
+            assert all("provider error" in m["message"] for m in windows), windows
+            last = held["lastAnalysis"]
+            assert last["phase"] == "Inconclusive" and last["gates"], last
+            assert all(g["phase"] == "Error" and "provider error" in g["message"] for g in last["gates"]), last["gates"]
         finally:
             _prometheus_start(rig)
         rig.mark("3: Prometheus started again")
@@ -560,7 +530,7 @@ def test_promote_now_through_the_plugin_then_abort_through_the_annotation_then_r
     good = rig.revisions["good"]
     stable_pods = rig.stable_pod_uids()
     steps = {"steps": [{"setWeight": 25}], "maxSurge": 1}
-    with FleetSampler(rig.kubeconfig) as fleet:
+    with FleetSampler(rig.kubeconfig, "default", LAD) as fleet:
         rig.apply(manifest({**GOOD, "sinkTokens": 8}, steps, analysis(rig.prometheus)))
         ro = rig.wait(lambda r: r.get("phase") == "Progressing" and r.get("canaryRevision") not in (None, good),
                       "4: canary started")

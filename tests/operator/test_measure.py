@@ -36,12 +36,12 @@ def test_the_operator_setting_is_the_default_prometheus_and_the_spec_wins() -> N
     assert isinstance(chosen, PrometheusProvider) and chosen.url == "http://127.0.0.1:9999"
 
 
-def test_an_unreachable_prometheus_is_an_error_never_a_failure() -> None:
+def test_an_unreachable_prometheus_is_inconclusive_never_a_failure() -> None:
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     verdict = measure(REQUEST, validate_spec(SPEC), RolloutStatus(), "ns", "llm", f"http://127.0.0.1:{port}")
-    assert verdict.phase == "Error" and all(g.phase == "Error" for g in verdict.gates)
+    assert verdict.phase == "Inconclusive" and verdict.provider_error and all(g.phase == "Error" for g in verdict.gates)
 
 
 def test_the_scrape_provider_reads_the_ready_pods_of_both_arms() -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from localattn_dev.procs import stop_child
 from localattn_operator.metrics_provider import ArmRef, FirstAvailable, ProviderError, collect_arm
 from localattn_operator.providers.prometheus import PrometheusProvider
 from localattn_operator.providers.scrape import ScrapeProvider, ScrapeTarget
@@ -210,8 +211,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         time.sleep(WINDOW + 2)  # enough scrapes for a [5s] window
         yield Setup(url, servers)
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        stop_child(proc, grace=20)
         log.close()
         for s in servers:
             s.server.shutdown()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from localattn_operator.analysis import AnalysisRequest, ArmFigures, Figures, Verdict, Window, assess
+from localattn_operator.analysis import FIGURES, AnalysisRequest, ArmFigures, Figures, Verdict, Window, assess
 from localattn_operator.duration import format_time
 from localattn_operator.models import (
     AnalysisCounters,
@@ -260,6 +260,23 @@ def test_rollback_event_carries_the_measured_numbers() -> None:
     assert "latency.e2e" in warning.message and "canary 3, stable 1, threshold 20" in warning.message
     assert d.status.measurements[-1].phase == "Failed" and d.status.last_analysis is not None
     assert d.status.history[-1].to_phase == "RollingBack" and d.status.history[-1].reason == "AnalysisFailed"
+
+
+def test_a_provider_error_window_is_inconclusive_and_holds_without_charging() -> None:
+    down = dict.fromkeys(FIGURES, "prometheus: connection refused")
+    window = Window(DUE, ArmFigures(A, Figures(), {}, down), ArmFigures(B, Figures(), {}, down))
+    verdict = assess(window, SPEC.analysis, probe=False, paired=False)
+    d = step(settled(), obs(B, canary=arm(B, 1), verdict=verdict), SPEC, T0 + timedelta(seconds=61))
+    assert d.status.phase == "Progressing" and d.status.step_index == 0 and d.status.next_analysis_at == at(120)
+    (event,) = d.events
+    assert (event.type, event.reason) == ("Warning", "AnalysisInconclusive")
+    assert event.message.startswith("holding (provider error 1/4 in a row): latency.e2e: provider error: "
+                                    f"{B}: prometheus: connection refused"), event.message
+    assert d.status.measurements[-1].phase == "Inconclusive" and d.status.last_analysis is not None
+    assert d.status.last_analysis.phase == "Inconclusive"
+    assert {g.phase for g in d.status.last_analysis.gates} == {"Error"}  # which query, and the provider's message
+    c = d.status.counters
+    assert (c.errors, c.consecutive_errors, c.inconclusive, c.failed) == (1, 1, 0, 0)
 
 
 def test_guard_regression_rolls_back_to_the_previous_revision() -> None:

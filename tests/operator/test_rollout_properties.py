@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from localattn_operator.analysis import ArmFigures, Verdict, Window
+from localattn_operator.analysis import ArmFigures, GateResult, Verdict, Window
 from localattn_operator.models import LocalAttnDeploymentSpec, RolloutStatus
 from localattn_operator.rollout import ArmObservation, Observation, analysis_due, step
 from localattn_operator.rollout_types import STEADY
@@ -76,7 +76,9 @@ def test_any_sequence_keeps_the_invariants(spec: LocalAttnDeploymentSpec, sequen
         verdict = None
         if due is not None and p["verdict"] is not None:
             w = Window(due, ArmFigures(due.stable_revision), ArmFigures(due.canary_revision or ""))
-            verdict = Verdict(due, p["verdict"], (), w)
+            errored = p["verdict"] == "Error"  # a provider-error window: Inconclusive, its gates Error
+            gates = (GateResult("latency.e2e", "Error", message="provider error"),) if errored else ()
+            verdict = Verdict(due, "Inconclusive" if errored else p["verdict"], gates, w)
         revision = REVS[0] if i == 0 else p["revision"]  # A is stable first; mostly B is then rolled out
         valid = revision is not None
         obs = Observation(revision, _arm(planned, "stable", p["stable_ready"], False),

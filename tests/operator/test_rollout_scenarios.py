@@ -187,18 +187,22 @@ def test_provider_down_holds_then_rolls_back_per_the_limits() -> None:
     run.start()
     run.passes(300, until="RolledBack")
     assert run.status is not None and run.status.phase == "RolledBack"
-    assert run.status.counters.errors == 20  # (4 + 1) errors per inconclusive, 4 inconclusive (limit 3)
-    assert run.status.counters.failed == 0  # a provider error is never a failure
+    c = run.status.counters  # 4 held for free (consecutiveErrorLimit), then 4 missing data (inconclusiveLimit 3)
+    assert (c.errors, c.consecutive_errors, c.inconclusive, c.failed) == (8, 8, 4, 0)  # never a failure
+    assert {m.phase for m in run.status.measurements} == {"Inconclusive"}
+    assert run.events.count("AnalysisInconclusive") == 7  # the holds; then the rollback, for that reason:
+    assert [h.reason for h in run.status.history if h.to_phase == "RollingBack"] == ["AnalysisInconclusive"]
     assert all(w == 10 for phase, _, _, w in run.log if phase == "Progressing")  # held at the first step
 
 
 def test_a_provider_outage_shorter_than_the_limits_only_delays() -> None:
-    outage_end = T0 + timedelta(minutes=6)
+    outage_end = T0 + timedelta(minutes=4, seconds=30)  # 7 windows of 30 s: 4 free, then the 3 inconclusive ones allowed
     run = Run(spec(maxSurge=1), provider_down=lambda now: now < outage_end)
     run.start()
     run.passes(600, until="Promoted")
     assert run.status is not None and run.status.phase == "Promoted"
-    assert run.status.counters.errors > 0 and run.status.counters.failed == 0
+    c = run.status.counters
+    assert (c.errors, c.inconclusive, c.failed, c.consecutive_errors) == (7, 3, 0, 0), c
 
 
 def test_a_newer_spec_mid_rollout_supersedes_the_canary() -> None:

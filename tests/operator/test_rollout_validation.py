@@ -62,6 +62,7 @@ def problems(**extra: Any) -> list[str]:
         ({"analysis": {"provider": {"prometheus": {"url": "prometheus:9090"}}}},
          "spec.analysis.provider.prometheus.url: must be an http(s):// URL"),
         ({"probe": {"enabled": True, "goldenSet": {"name": "Bad_Name", "key": "k"}}}, "spec.probe.goldenSet.name"),
+        ({"probe": {"enabled": True, "goldenSet": {"name": "a.-b", "key": "k"}}}, "spec.probe.goldenSet.name"),
         ({"analysis": {"missingData": "ignore"}}, "spec.analysis.missingData"),
         ({"cost": {"gpuHourPrice": 0}}, "spec.cost.gpuHourPrice"),
     ],

@@ -43,7 +43,7 @@ def test_model_uris(uri: str, scheme: str, claim: str | None, path: str) -> None
     assert (loc.scheme, loc.claim, loc.path) == (scheme, claim, path)
 
 
-@pytest.mark.parametrize("uri", ["ftp://x/y", "pvc://", "pvc://Bad_Claim/x", "hf://", "s3://x", "models/rel", "/a/../b"])
+@pytest.mark.parametrize("uri", ["ftp://x/y", "pvc://", "pvc://Bad_Claim/x", "pvc://a..b/x", "hf://", "s3://x", "models/rel", "/a/../b"])
 def test_malformed_model_uris(uri: str) -> None:
     assert "spec.model.uri" in problems(spec(model={"uri": uri}))
 

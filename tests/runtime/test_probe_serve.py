@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from localattn_dev.procs import stop_child
 from localattn_runtime import golden, probe
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -67,11 +68,7 @@ def server(tiny_trained_model: Path, golden_set: tuple[Path, golden.GoldenSet],
             time.sleep(1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_child(proc, grace=60)
 
 
 def test_probe_publishes_quality_gauges_on_vllm_metrics(server: str, tiny_trained_model: Path,

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from localattn_dev.procs import stop_child
+
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 MAX_LEN = 1024
@@ -99,12 +101,7 @@ def server(tiny_random_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
             time.sleep(1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_child(proc)
         log.close()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from localattn_kernels.checks import check_paged_args
+from localattn_kernels.checks import check_batch, check_layer_tensors
 from localattn_kernels.triton.common import interpreting, tile_sizes
 from localattn_kernels.triton.decode import decode
 from localattn_kernels.triton.prefill import prefill
@@ -55,10 +55,8 @@ def paged_local_attention(
     rest by the sinks + window rule; the runtime's minContextLength, applied per token inside the kernels
     so that the host never reads the batch.
     """
-    check_paged_args(
-        query, key_cache, value_cache, block_table, seq_lens, query_start_loc, window, sinks,
-        head_dim_axis=3, heads_axis=2, block_axis=1,
-    )  # fmt: skip
+    check_layer_tensors(query, key_cache, value_cache, window, sinks, head_dim_axis=3, heads_axis=2, block_axis=1)
+    check_batch(block_table, seq_lens, query_start_loc)
     if isinstance(full_below, bool) or not isinstance(full_below, int) or full_below < 0:
         raise ValueError(f"full_below must be an int >= 0, got {full_below!r}")
     if query.device.type != "cuda" and not interpreting():

@@ -16,7 +16,7 @@ from typing import Any
 from localattn_operator.metrics_provider import ProviderError
 from localattn_operator.paired import Completion
 
-TIMEOUT_SECONDS = 60.0  # a CPU pod under load answers a 32-token completion in seconds; a hung one is an Error
+TIMEOUT_SECONDS = 60.0  # a CPU pod under load answers a 32-token completion in seconds; a hung one is a provider error
 
 
 def greedy(base_url: str, model: str | None, prompt: str, max_tokens: int,

@@ -3,8 +3,8 @@
 Synchronous on purpose: `MetricsProvider.query` is synchronous and the executor calls it off the API threads
 and outside the LAD's lock, so blocking here holds nothing else up. Every request has a timeout (connect and
 read together), and every way Prometheus can fail to answer (unreachable, timeout, HTTP error, an error
-response, bad JSON, several series where the template aggregates to one) is a `ProviderError`: a measurement
-Error, never a Failure. An empty result or NaN is *no data* (None): missing data, which the spec's
+response, bad JSON, several series where the template aggregates to one) is a `ProviderError`: an Error
+gate in an Inconclusive window (held), never a Failure. An empty result or NaN is *no data* (None): missing data, which the spec's
 `missingData` policy judges.
 
 The query runs at the window's end (`at`) when the executor knows it, so a measurement taken a little late

@@ -121,6 +121,12 @@ def kubectl_json(*args: str, kubeconfig: Path | str) -> Any:
     return json.loads(kubectl(*args, "-o", "json", kubeconfig=kubeconfig).stdout)
 
 
+def apply_manifests(kubeconfig: Path | str, namespace: str, *manifests: dict[str, Any]) -> None:
+    """`kubectl apply` of these objects into `namespace`, as one List (one kubectl process)."""
+    body = {"apiVersion": "v1", "kind": "List", "items": list(manifests)}
+    kubectl("apply", "-n", namespace, "-f", "-", kubeconfig=kubeconfig, input=json.dumps(body))
+
+
 def wait_for(
     predicate: Callable[[], T],
     timeout: float = 60.0,

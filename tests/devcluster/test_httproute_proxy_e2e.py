@@ -10,7 +10,6 @@ test's Services coming and going reload HAProxy at any time.)
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import urllib.request
@@ -24,7 +23,7 @@ from localattn_cli.main import main as cli_main
 from localattn_dev.controlplane import ClusterInfo
 from localattn_dev.devurls import url_of
 from localattn_dev.testbackend import Backend
-from localattn_dev.testing import ensure_cluster, kubectl, temp_namespace, wait_for
+from localattn_dev.testing import apply_manifests, ensure_cluster, temp_namespace, wait_for
 
 pytestmark = pytest.mark.e2e
 STABLE = ("127.1.251.2", "127.1.251.3")
@@ -40,11 +39,6 @@ def cluster() -> ClusterInfo:
 def ns(cluster: ClusterInfo) -> Iterator[str]:
     with temp_namespace(cluster.kubeconfig, prefix="route-e2e-") as name:
         yield name
-
-
-def apply(cluster: ClusterInfo, ns: str, *manifests: dict[str, Any]) -> None:
-    body = {"apiVersion": "v1", "kind": "List", "items": list(manifests)}
-    kubectl("apply", "-n", ns, "-f", "-", kubeconfig=cluster.kubeconfig, input=json.dumps(body))
 
 
 def service_with_endpoints(name: str, ips: list[str], port: int) -> list[dict[str, Any]]:
@@ -84,7 +78,7 @@ def test_route_traffic_splits_by_backendref_weight_and_follows_a_change_at_runti
         s.bind((STABLE[0], 0))
         port = int(s.getsockname()[1])
     with Backend(STABLE[0], port), Backend(STABLE[1], port), Backend(CANARY, port):
-        apply(cluster, ns, *service_with_endpoints("stable", list(STABLE), port),
+        apply_manifests(cluster.kubeconfig, ns, *service_with_endpoints("stable", list(STABLE), port),
               *service_with_endpoints("canary", [CANARY], port), http_route(75, 25))
         url = wait_for(lambda: url_of("httproute/llm", ns, cluster.state_dir), timeout=15,
                        message="a proxy address for the HTTPRoute")
@@ -103,13 +97,13 @@ def test_route_traffic_splits_by_backendref_weight_and_follows_a_change_at_runti
         in_flight.start()
         time.sleep(0.3)
         changed = time.monotonic()
-        apply(cluster, ns, http_route(25, 75))
+        apply_manifests(cluster.kubeconfig, ns, http_route(25, 75))
         wait_for(lambda: split(url, 8)["canary"] >= 5, timeout=5, interval=0.05, message="the new weights served")
         took = time.monotonic() - changed
         assert took < 2.0, took  # kubectl apply itself is most of it
         assert abs(split(url, 80)["canary"] - 60) <= 3
         # weight 0: no traffic at all to that backendRef
-        apply(cluster, ns, http_route(1, 0))
+        apply_manifests(cluster.kubeconfig, ns, http_route(1, 0))
         wait_for(lambda: split(url, 8) == {"stable": 8}, timeout=5, interval=0.05, message="weight 0 unrouted")
         in_flight.join(timeout=20)
         assert slow.get("answer", "").startswith((*STABLE, CANARY)), slow

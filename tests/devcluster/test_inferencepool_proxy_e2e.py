@@ -12,7 +12,6 @@ turned not Ready (its status patched, as a failing readiness probe would) stops 
 
 from __future__ import annotations
 
-import json
 import socket
 from collections import Counter
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from localattn_dev.controlplane import ClusterInfo
 from localattn_dev.devurls import url_of
 from localattn_dev.testbackend import Backend
 from localattn_dev.testing import (
+    apply_manifests,
     ensure_cluster,
     install_inference_pool_crd,
     kubectl,
@@ -50,11 +50,6 @@ def cluster() -> ClusterInfo:
 def ns(cluster: ClusterInfo) -> Iterator[str]:
     with temp_namespace(cluster.kubeconfig, prefix="pool-e2e-") as name:
         yield name
-
-
-def apply(cluster: ClusterInfo, ns: str, *manifests: dict[str, Any]) -> None:
-    body = {"apiVersion": "v1", "kind": "List", "items": list(manifests)}
-    kubectl("apply", "-n", ns, "-f", "-", kubeconfig=cluster.kubeconfig, input=json.dumps(body))
 
 
 def member(name: str) -> dict[str, Any]:
@@ -123,13 +118,13 @@ def set_ready(cluster: ClusterInfo, ns: str, pod: str, ready: bool) -> None:
 def test_a_route_splits_between_an_inference_pools_ready_pods_and_a_service_by_weight(
     cluster: ClusterInfo, ns: str
 ) -> None:
-    apply(cluster, ns, member("arm-a"), member("arm-b"))
+    apply_manifests(cluster.kubeconfig, ns, member("arm-a"), member("arm-b"))
     pod_ips = wait_for(lambda: ready_ips(cluster, ns), timeout=20, message="two Ready pods with IPs")
     port = free_port([*pod_ips, SERVICE_IP])
     with ExitStack() as servers:
         for address in (*pod_ips, SERVICE_IP):
             servers.enter_context(Backend(address, port))
-        apply(cluster, ns,
+        apply_manifests(cluster.kubeconfig, ns,
               {"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool", "metadata": {"name": "arm"},
                "spec": {"selector": {"matchLabels": LABELS}, "targetPorts": [{"number": port}],
                         "endpointPickerRef": {"name": "epp", "port": {"number": 9002}}}},
@@ -158,7 +153,7 @@ def test_a_route_splits_between_an_inference_pools_ready_pods_and_a_service_by_w
         got = answers(url, 80)
         assert gone not in got and abs(got[SERVICE_IP] - 20) <= 3, got
         # and weight 0 on the Service: all traffic to the pool's ready pod
-        apply(cluster, ns, http_route(1, 0))
+        apply_manifests(cluster.kubeconfig, ns, http_route(1, 0))
         (left,) = set(pod_ips) - {gone}
         wait_for(lambda: answers(url, 8) == {left: 8}, timeout=5, interval=0.05, message="the pool alone")
 

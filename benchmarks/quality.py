@@ -2,7 +2,8 @@
 
 For each window W (default 256, 512, 1024) and S sinks, against full attention (stock vLLM):
   window-only (S = 0, no global layer), sinks + window, sinks + window + K global layers chosen by
-  `localattn calibrate`'s measure (outside-window attention mass), and the same K evenly spaced.
+  `localattn calibrate`'s default measure (the share of the local-vs-full loss gap each layer closes), the K
+  its cheap `--method mass` proxy (outside-window attention mass) chooses, and the same K evenly spaced.
 - Perplexity by token position, teacher-forced from **vLLM's own `prompt_logprobs`** (the path that serves),
   on held-out Python stdlib files (each sequence is the start of one file of >= ctx tokens; calibration reads
   other files). Every ratio to full attention carries a paired block-bootstrap 95% CI: blocks of 64
@@ -190,18 +191,20 @@ def evenly_spaced(num_layers: int, k: int) -> list[int]:
 # --- the benchmark ------------------------------------------------------------------------------------------
 
 
-def configs_for(window: int, sinks: int, calibrated: list[int], even: list[int]) -> dict[str, dict[str, Any]]:
+def configs_for(window: int, sinks: int, calibrated: list[int], mass: list[int],
+                even: list[int]) -> dict[str, dict[str, Any]]:
     base = {"windowSize": window}
     return {
         f"W{window} window-only": {**base, "sinkTokens": 0, "globalLayers": {"indices": []}},
         f"W{window} sinks+window": {**base, "sinkTokens": sinks, "globalLayers": {"indices": []}},
         f"W{window} +calibrated{calibrated}": {**base, "sinkTokens": sinks, "globalLayers": {"indices": calibrated}},
+        f"W{window} +mass{mass}": {**base, "sinkTokens": sinks, "globalLayers": {"indices": mass}},
         f"W{window} +even{even}": {**base, "sinkTokens": sinks, "globalLayers": {"indices": even}},
     }
 
 
 def run_context(args: argparse.Namespace, model: str, tok: Any, ctx: int, plans: dict[int, list[int]],
-                num_layers: int, work: Path) -> dict[str, Any]:
+                mass_plans: dict[int, list[int]], num_layers: int, work: Path) -> dict[str, Any]:
     files = [ids for _, ids in long_files(tok, ctx, exclude=args.calibration_files)]
     texts = [f[:ctx] for f in files[:args.texts]]
     rng = random.Random(ctx)
@@ -212,7 +215,7 @@ def run_context(args: argparse.Namespace, model: str, tok: Any, ctx: int, plans:
                for d in distances for t in range(args.trials)]
     configs: dict[str, dict[str, Any] | None] = {"full": None}
     for w in args.window:
-        configs.update(configs_for(w, args.sinks, plans[w], evenly_spaced(num_layers, args.budget)))
+        configs.update(configs_for(w, args.sinks, plans[w], mass_plans[w], evenly_spaced(num_layers, args.budget)))
     job = {"model": model, "max_len": ctx + 64, "texts": texts, "prompts": prompts, "configs": configs}
     job_file, out_file = work / f"job-{ctx}.json", work / f"out-{ctx}.json"
     job_file.write_text(json.dumps(job))
@@ -275,6 +278,7 @@ def report(result: dict[str, Any], windows: list[int], budget: int) -> str:
     for w in windows:
         cal = next((n for n in rows if n.startswith(f"W{w} +calibrated")), None)
         even = next((n for n in rows if n.startswith(f"W{w} +even")), None)
+        mass = next((n for n in rows if n.startswith(f"W{w} +mass")), None)
         wo = rows.get(f"W{w} window-only")
         if cal is None or full is None:
             continue
@@ -291,7 +295,8 @@ def report(result: dict[str, Any], windows: list[int], budget: int) -> str:
                      + (f"; window-only {wo['ratio'][0]:.4f}" if wo else "")
                      + (f"; evenly spaced {rows[even]['ratio'][0]:.4f} "
                         f"({'calibrated better' if c['ratio'][0] < rows[even]['ratio'][0] else 'calibrated NOT better'})"
-                        if even else ""))
+                        if even else "")
+                     + (f"; mass proxy {rows[mass]['ratio'][0]:.4f}" if mass else ""))
     return "\n".join(lines)
 
 
@@ -357,28 +362,36 @@ def main() -> None:
     model = args.model or str(__import__("localattn_runtime.smollm2", fromlist=["x"]).smollm2_dir())
     tok = AutoTokenizer.from_pretrained(model)
     num_layers = AutoConfig.from_pretrained(model).num_hidden_layers
-    # Calibration: `localattn calibrate`'s measure on files the evaluation never reads (the first long ones).
+    # Calibration: `localattn calibrate`'s measures on files the evaluation never reads (the first long ones).
     picked = long_files(tok, 4096)[:args.calibration_samples]
     args.calibration_files = frozenset(n for n, _ in picked)
     calib = [ids[:args.calibration_length] for _, ids in picked]
     t0 = time.time()
-    plans = {w: calibrate.make_plan(model, w, args.sinks, args.budget, m)["globalLayers"]
-             for w, m in outside_mass(model, calib, args.window, args.sinks).items()}
-    for w, layers in plans.items():
-        print(f"calibrated W={w} S={args.sinks} K={args.budget}: global layers {layers}", flush=True)
-    print(f"calibration {time.time() - t0:.0f} s", flush=True)
+    mass_plans = {w: calibrate.make_plan(model, w, args.sinks, args.budget, m)["globalLayers"]
+                  for w, m in outside_mass(model, calib, args.window, args.sinks).items()}
+    print(f"calibration (mass) {time.time() - t0:.0f} s", flush=True)
+    plans, gap_tables = {}, {}
+    for w in args.window:
+        t1 = time.time()
+        plan = calibrate.make_plan(model, w, args.sinks, args.budget,
+                                   calibrate.measure_gap_closed(model, calib, w, args.sinks))
+        plans[w], gap_tables[w] = plan["globalLayers"], plan["layers"]
+        print(calibrate.format_table(plan), flush=True)
+        print(f"calibrated W={w} S={args.sinks} K={args.budget}: global layers {plans[w]} (gap, "
+              f"{time.time() - t1:.0f} s); mass proxy {mass_plans[w]}", flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="localattn-quality-") as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
         for ctx in args.context:
-            res = run_context(args, model, tok, ctx, plans, num_layers, work)
+            res = run_context(args, model, tok, ctx, plans, mass_plans, num_layers, work)
             results.append(res)
             print("\n" + report(res, args.window, args.budget) + "\n", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     args.calibration_files = sorted(args.calibration_files)
     out.with_suffix(".json").write_text(json.dumps({"model": model, "args": vars(args), "plans": plans,
+                                                    "mass_plans": mass_plans, "gap_tables": gap_tables,
                                                     "results": results}, indent=1) + "\n")
     out.with_suffix(".md").write_text("\n\n".join(report(r, args.window, args.budget) for r in results) + "\n")
     plot(results, args.window, out.with_suffix(".png"))

@@ -1,4 +1,4 @@
-"""`localattn calibrate`: measure per-layer attention mass outside sinks + window and propose global layers."""
+"""`localattn calibrate`: measure what each layer loses under sinks + window and propose the global layers."""
 
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=int, required=True, help="window size W (tokens)")
     p.add_argument("--sinks", type=int, required=True, help="sink tokens S")
     p.add_argument("--budget", type=int, required=True, help="number K of layers that stay global")
+    p.add_argument("--method", choices=("gap", "mass"), default="gap",
+                   help="gap (default): share of the local-vs-full loss gap each layer closes when global, on the "
+                        "samples and on long-range copies of them (about L/2 + 2 forwards per sample); mass: "
+                        "attention mass outside sinks + window (one forward per sample, a weaker proxy)")
     p.add_argument("--samples", type=int, default=4, help="held-out sample sequences (default 4)")
     p.add_argument("--length", type=int, default=1024, help="tokens per sample (default 1024)")
     p.add_argument("--text", action="append", metavar="FILE",
@@ -77,7 +81,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     texts = [Path(f).read_text() for f in args.text] if args.text else None
     try:
         plan = calibrate.calibrate(args.model, args.window, args.sinks, args.budget, samples=args.samples,
-                                   length=args.length, texts=texts)
+                                   length=args.length, texts=texts, method=args.method)
     except ValueError as e:
         print(f"localattn calibrate: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""Calibration: the pure decision, and `localattn calibrate` on the tiny trained model -> a plan the plugin accepts."""
+"""Calibration: the pure decision, both measures on the tiny trained model (the gap measure against an independent
+dense-masked forward), and `localattn calibrate` -> a plan the plugin accepts."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ import torch
 
 from localattn_cli import calibrate as calibrate_cmd
 from localattn_runtime import config
-from localattn_runtime.calibrate import LayerMass, choose_global_layers, make_plan, outside_fraction
+from localattn_runtime.calibrate import (
+    LayerGain,
+    LayerMass,
+    choose_global_layers,
+    copy_sample,
+    format_table,
+    gap_closed,
+    make_plan,
+    outside_fraction,
+)
 
 
 def test_outside_fraction_counts_only_mass_outside_sinks_and_window() -> None:
@@ -38,6 +48,34 @@ def test_choose_global_layers_takes_the_top_k_sorted() -> None:
         choose_global_layers(masses, 5)
 
 
+def test_gap_closed_is_the_mean_share_of_the_gaps_that_exist() -> None:
+    assert gap_closed(0.01, 0.04, 0.5, 1.0) == pytest.approx((0.25 + 0.5) / 2)
+    assert gap_closed(0.01, 0.04, 0.3, 0.0) == pytest.approx(0.25)  # no copy gap: copies do not rank layers
+    assert gap_closed(0.01, -0.01, 0.3, 0.0) == 0.0
+    gains = [LayerGain(0, -0.002, -0.02, 0.03, 1.5), LayerGain(1, 0.007, 0.05, 0.03, 1.5),
+             LayerGain(2, 0.002, 0.45, 0.03, 1.5)]
+    # a layer whose globality hurts (negative gain) is never preferred; text and copy shares add up
+    assert choose_global_layers(gains, 1) == [2] and choose_global_layers(gains, 2) == [1, 2]
+    plan = make_plan("m", 512, 4, 1, gains)
+    assert plan["method"] == "gap" and plan["globalLayers"] == [2] and plan["gap"] == {"text": 0.03, "copy": 1.5}
+    assert plan["layers"][1] == {"index": 1, "gapClosed": round(gains[1].score, 6), "textGain": 0.007,
+                                 "copyGain": 0.05}
+    table = format_table(plan)
+    assert "text 0.0300, copy 1.5000" in table and "gap closed" in table and f"{2:>5}  {round(gains[2].score, 6):>10.4f}" in table
+    assert table.splitlines()[-1].endswith("global") and table.splitlines()[-2].endswith("local")
+
+
+def test_copy_sample_repeats_an_early_stretch_from_beyond_the_window() -> None:
+    seq = list(range(1000, 3048))  # 2048 distinct tokens
+    repeated, at = copy_sample(seq, window=512, sinks=4)
+    assert len(repeated) == len(seq) and repeated[:at] == seq[:at]
+    tail = repeated[at:]
+    assert len(tail) == 128 and tail == seq[12:140]  # past the sinks
+    assert at - 12 > 512  # the source lies beyond the window of every repeated token
+    with pytest.raises(ValueError, match="too short"):
+        copy_sample(list(range(580)), window=512, sinks=4)
+
+
 def test_plan_shape() -> None:
     plan = make_plan("m", 64, 4, 1, [LayerMass(0, 0.1), LayerMass(1, 0.2)])
     assert plan == {"model": "m", "windowSize": 64, "sinkTokens": 4, "budget": 1, "globalLayers": [1],
@@ -51,7 +89,8 @@ def test_cli_calibrates_the_tiny_model_into_a_plan_the_plugin_accepts(
     parser = argparse.ArgumentParser()
     calibrate_cmd.add_parser(parser.add_subparsers())
     args = parser.parse_args(["calibrate", "--model", str(tiny_trained_model), "--window", "64",
-                                      "--sinks", "4", "--budget", "2", "--samples", "2", "--out", str(out)])
+                                      "--sinks", "4", "--budget", "2", "--samples", "2", "--method", "mass",
+                                      "--out", str(out)])
     assert args.func(args) == 0
     table = capsys.readouterr().out
     plan = json.loads(out.read_text())
@@ -104,3 +143,61 @@ def test_to_configmap_writes_a_manifest_the_lad_can_name(tmp_path: Path, capsys:
                               "--to-configmap", "p", "--key", "k.json", "--out", str(tmp_path / "cm.yaml")])
     calibrate_cmd.emit(plan, args)
     assert "k.json" in yaml.safe_load((tmp_path / "cm.yaml").read_text())["data"]
+
+
+def _oracle_nll(model_dir: Path, seqs: list[list[int]], window: int, sinks: int, global_layers: set[int],
+                first: list[int]) -> float:
+    """Mean over `seqs` of the mean NLL of tokens first[k].. under a sinks + window mask (global layers: causal),
+    from a plain eager transformers forward with an explicit matmul mask: no layer-input reuse, no SDPA."""
+    import torch
+    from transformers import AttentionInterface, AutoModelForCausalLM
+
+    def attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **_):  # type: ignore[no-untyped-def]
+        groups = query.shape[1] // key.shape[1]
+        k, v = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+        i, j = torch.arange(query.shape[2])[:, None], torch.arange(k.shape[2])[None, :]
+        visible = j <= i
+        if module.layer_idx not in global_layers:
+            visible = visible & ((j < sinks) | (i - j < window))
+        scores = (query @ k.transpose(2, 3) * scaling).masked_fill(~visible, float("-inf"))
+        return (scores.softmax(-1) @ v).transpose(1, 2).contiguous(), None
+
+    AttentionInterface.register("test_calibrate_oracle", attention)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
+                                                 attn_implementation="test_calibrate_oracle").eval()
+    total = 0.0
+    with torch.no_grad():
+        for seq, lo in zip(seqs, first, strict=True):
+            logp = model(input_ids=torch.tensor([seq])).logits[0].log_softmax(-1)
+            total += -float(sum(logp[p - 1, seq[p]] for p in range(lo, len(seq)))) / (len(seq) - lo)
+    return total / len(seqs)
+
+
+@pytest.mark.slow
+def test_gap_measure_matches_an_independent_forward_and_picks_the_layer_that_helps_most(
+        tiny_trained_model: Path) -> None:
+    """Every layer's text and copy gain equals what a plain masked forward of the same weights gives (the
+    measure reuses layer inputs and runs SDPA; the oracle does neither), and a budget of one picks the layer
+    whose globality lowers the loss most, which on this model is not the one the mass measure ranks first."""
+    from localattn_runtime import calibrate, tinymodel
+
+    window, sinks = 16, 4
+    tok = tinymodel.load_tokenizer(tiny_trained_model)
+    seqs = calibrate.sample_sequences(tok, 2, 256)
+    gains = calibrate.measure_gap_closed(tiny_trained_model, seqs, window, sinks)
+    copies = [copy_sample(s, window, sinks) for s in seqs]
+    layers = len(gains)
+    for kind, samples, first in (("text", seqs, [sinks + window + 1] * 2),
+                                 ("copy", [c for c, _ in copies], [at + 1 for _, at in copies])):
+        local = _oracle_nll(tiny_trained_model, samples, window, sinks, set(), first)
+        full = _oracle_nll(tiny_trained_model, samples, window, sinks, set(range(layers)), first)
+        gap = gains[0].text_gap if kind == "text" else gains[0].copy_gap
+        assert gap == pytest.approx(local - full, abs=2e-4) and gap > 0.01  # local attention does cost here
+        for g in gains:
+            oracle = local - _oracle_nll(tiny_trained_model, samples, window, sinks, {g.index}, first)
+            assert (g.text_gain if kind == "text" else g.copy_gain) == pytest.approx(oracle, abs=2e-4)
+    best = max(gains, key=lambda g: (g.score, -g.index))
+    plan = calibrate.make_plan("tiny", window, sinks, 1, gains)
+    assert plan["globalLayers"] == [best.index]
+    masses = calibrate.measure_outside_mass(tiny_trained_model, seqs, window, sinks)
+    assert choose_global_layers(masses, 1) != plan["globalLayers"]

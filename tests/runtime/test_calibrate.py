@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import runpy
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ from localattn_runtime.calibrate import (
     make_plan,
     outside_fraction,
 )
+
+reference = runpy.run_path(str(Path(__file__).with_name("_masked_reference.py")))
 
 
 def test_outside_fraction_counts_only_mass_outside_sinks_and_window() -> None:
@@ -145,39 +148,21 @@ def test_to_configmap_writes_a_manifest_the_lad_can_name(tmp_path: Path, capsys:
     assert "k.json" in yaml.safe_load((tmp_path / "cm.yaml").read_text())["data"]
 
 
-def _oracle_nll(model_dir: Path, seqs: list[list[int]], window: int, sinks: int, global_layers: set[int],
+def _oracle_nll(model: object, seqs: list[list[int]], window: int, sinks: int, global_layers: set[int],
                 first: list[int]) -> float:
-    """Mean over `seqs` of the mean NLL of tokens first[k].. under a sinks + window mask (global layers: causal),
-    from a plain eager transformers forward with an explicit matmul mask: no layer-input reuse, no SDPA."""
-    import torch
-    from transformers import AttentionInterface, AutoModelForCausalLM
-
-    def attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **_):  # type: ignore[no-untyped-def]
-        groups = query.shape[1] // key.shape[1]
-        k, v = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-        i, j = torch.arange(query.shape[2])[:, None], torch.arange(k.shape[2])[None, :]
-        visible = j <= i
-        if module.layer_idx not in global_layers:
-            visible = visible & ((j < sinks) | (i - j < window))
-        scores = (query @ k.transpose(2, 3) * scaling).masked_fill(~visible, float("-inf"))
-        return (scores.softmax(-1) @ v).transpose(1, 2).contiguous(), None
-
-    AttentionInterface.register("test_calibrate_oracle", attention)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
-                                                 attn_implementation="test_calibrate_oracle").eval()
+    """Mean over `seqs` of the mean NLL of tokens first[k].. under the mask, from the dense-masked reference."""
     total = 0.0
-    with torch.no_grad():
-        for seq, lo in zip(seqs, first, strict=True):
-            logp = model(input_ids=torch.tensor([seq])).logits[0].log_softmax(-1)
-            total += -float(sum(logp[p - 1, seq[p]] for p in range(lo, len(seq)))) / (len(seq) - lo)
+    for seq, lo in zip(seqs, first, strict=True):
+        lps = reference["logprobs"](model, seq, window, sinks, global_layers)  # lps[p - 1] is token p's
+        total += -sum(lps[lo - 1:]) / (len(seq) - lo)
     return total / len(seqs)
 
 
 @pytest.mark.slow
 def test_gap_measure_matches_an_independent_forward_and_picks_the_layer_that_helps_most(
         tiny_trained_model: Path) -> None:
-    """Every layer's text and copy gain equals what a plain masked forward of the same weights gives (the
-    measure reuses layer inputs and runs SDPA; the oracle does neither), and a budget of one picks the layer
+    """Every layer's text and copy gain equals what the dense-masked reference forward of the same weights gives
+    (the measure reuses layer inputs and runs SDPA; the reference does neither), and a budget of one picks the layer
     whose globality lowers the loss most, which on this model is not the one the mass measure ranks first."""
     from localattn_runtime import calibrate, tinymodel
 
@@ -187,14 +172,15 @@ def test_gap_measure_matches_an_independent_forward_and_picks_the_layer_that_hel
     gains = calibrate.measure_gap_closed(tiny_trained_model, seqs, window, sinks)
     copies = [copy_sample(s, window, sinks) for s in seqs]
     layers = len(gains)
+    model = reference["load"](tiny_trained_model)
     for kind, samples, first in (("text", seqs, [sinks + window + 1] * 2),
                                  ("copy", [c for c, _ in copies], [at + 1 for _, at in copies])):
-        local = _oracle_nll(tiny_trained_model, samples, window, sinks, set(), first)
-        full = _oracle_nll(tiny_trained_model, samples, window, sinks, set(range(layers)), first)
+        local = _oracle_nll(model, samples, window, sinks, set(), first)
+        full = _oracle_nll(model, samples, window, sinks, set(range(layers)), first)
         gap = gains[0].text_gap if kind == "text" else gains[0].copy_gap
         assert gap == pytest.approx(local - full, abs=2e-4) and gap > 0.01  # local attention does cost here
         for g in gains:
-            oracle = local - _oracle_nll(tiny_trained_model, samples, window, sinks, {g.index}, first)
+            oracle = local - _oracle_nll(model, samples, window, sinks, {g.index}, first)
             assert (g.text_gain if kind == "text" else g.copy_gain) == pytest.approx(oracle, abs=2e-4)
     best = max(gains, key=lambda g: (g.score, -g.index))
     plan = calibrate.make_plan("tiny", window, sinks, 1, gains)

@@ -1,10 +1,8 @@
 """Cross-check on a real pretrained model: the plugin's per-token prompt logprobs through vLLM equal a dense
 transformers forward of the same weights whose attention is masked explicitly to sinks + window.
 
-The reference shares no code with the plugin or the kernels: transformers' own Llama with an attention
-function (registered through `AttentionInterface`) that adds a dense `-inf` mask built here from the documented
-semantics (docs/runtime.md: key j is visible to query i iff j <= i and (j < S or i - j < W); global layers: j <=
-i). Both sides run float32 on SmolLM2-135M at 1k tokens, long enough that local attention matters: the
+The reference (`_masked_reference.py`) shares no code with the plugin or the kernels: transformers' own Llama
+with an attention function that adds a dense `-inf` mask built from the documented semantics (docs/runtime.md). Both sides run float32 on SmolLM2-135M at 1k tokens, long enough that local attention matters: the
 local logprobs differ from full attention's far more than from the plugin's (the check could fail).
 """
 
@@ -14,11 +12,11 @@ import math
 import runpy
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 run_engines = runpy.run_path(str(Path(__file__).with_name("_engines.py")))["run_engines"]
+reference = runpy.run_path(str(Path(__file__).with_name("_masked_reference.py")))
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -27,46 +25,12 @@ LENGTH = 1024  # 4W: three quarters of the prompt lie beyond the window
 #: Max |logprob(vLLM + plugin) - logprob(dense-masked transformers)| over all prompt tokens, float32.
 #: Measured 2026-12-01: see docs/runtime.md ("Cross-check against a dense-masked forward").
 TOLERANCE = 1e-3
-ATTN = "localattn_crosscheck_dense"
-
-
-def _dense_masked_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
-                            scaling: float, dropout: float = 0.0, **_: Any) -> tuple[Any, Any]:
-    """Plain softmax(QK^T * scale + mask) V with the sink + window mask of `module.layer_idx` (B=1, no padding)."""
-    import torch
-
-    groups = query.shape[1] // key.shape[1]
-    k = key.repeat_interleave(groups, dim=1)
-    v = value.repeat_interleave(groups, dim=1)
-    q_len, k_len = query.shape[2], k.shape[2]
-    i = torch.arange(k_len - q_len, k_len)[:, None]
-    j = torch.arange(k_len)[None, :]
-    visible = j <= i
-    if module.layer_idx not in _state["global"]:
-        visible &= (j < _state["sinks"]) | (i - j < _state["window"])
-    scores = torch.matmul(query, k.transpose(2, 3)) * scaling
-    scores = scores.masked_fill(~visible, float("-inf"))
-    out = torch.matmul(scores.softmax(-1), v)
-    return out.transpose(1, 2).contiguous(), None
-
-
-_state: dict[str, Any] = {}
 
 
 def _hf_logprobs(model_dir: Path, ids: list[int], masks: list[tuple[int, int, set[int]]]) -> list[list[float]]:
     """Per-token logprobs of `ids` under each (window, sinks, global layers) mask, one model load."""
-    import torch
-    from transformers import AttentionInterface, AutoModelForCausalLM
-
-    AttentionInterface.register(ATTN, _dense_masked_attention)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation=ATTN)
-    out = []
-    for window, sinks, global_layers in masks:
-        _state.update(window=window, sinks=sinks, **{"global": global_layers})
-        with torch.no_grad():
-            logp = model.eval()(input_ids=torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
-        out.append([float(x) for x in logp.gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]])
-    return out
+    model = reference["load"](model_dir)
+    return [reference["logprobs"](model, ids, window, sinks, global_layers) for window, sinks, global_layers in masks]
 
 
 def _prompt(model_dir: Path) -> list[int]:

@@ -85,11 +85,12 @@ def outside_fraction(attn: Any, window: int, sinks: int) -> Any:
     """
     import torch
 
+    from localattn_kernels import reference
+
     n_q, n_k = attn.shape[-2], attn.shape[-1]
-    i = torch.arange(n_k - n_q, n_k)[:, None]
-    j = torch.arange(n_k)[None, :]
-    inside = (j < sinks) | ((j > i - window) & (j <= i))
-    rows = (i[:, 0] >= sinks + window)
+    positions = torch.arange(n_k - n_q, n_k)
+    inside = reference.local_mask(positions, n_k, window=window, sinks=sinks)
+    rows = positions >= sinks + window
     if not bool(rows.any()):
         raise ValueError(f"sample of {n_k} tokens is too short for window {window} + {sinks} sinks")
     outside = (attn.float() * (~inside)).sum(-1)  # [b, h, q]
@@ -205,6 +206,8 @@ def measure_gap_closed(model_dir: str | Path, sequences: Sequence[Sequence[int]]
     import torch.nn.functional as F
     from transformers import AttentionInterface, AutoModelForCausalLM
 
+    from localattn_kernels import reference
+
     masks: dict[int, tuple[Any, Any]] = {}
     global_now: set[int] = set()
 
@@ -212,8 +215,9 @@ def measure_gap_closed(model_dir: str | Path, sequences: Sequence[Sequence[int]]
                          dropout: float = 0.0, **_: Any) -> tuple[Any, None]:
         n = query.shape[2]
         if n not in masks:
-            i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
-            masks[n] = (j <= i, (j <= i) & ((j < sinks) | (i - j < window)))
+            positions = torch.arange(n)
+            masks[n] = (reference.local_mask(positions, n, window=n, sinks=0),  # a window of n: causal
+                        reference.local_mask(positions, n, window=window, sinks=sinks))
         mask = masks[n][0] if module.layer_idx in global_now else masks[n][1]
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True)
         return out.transpose(1, 2).contiguous(), None

@@ -196,74 +196,165 @@ def copy_sample(seq: Sequence[int], window: int, sinks: int) -> tuple[list[int],
     return [*seq[: n - count], *seq[source : source + count]], n - count
 
 
+class MaskedDecoder:
+    """A Llama-style HF model run layer by layer with dense masks: causal for the layers in `global_now`, sinks +
+    window for the others. Per sample (`kind`, ids, first scored position) it gives the mean NLL of the scored
+    tokens; `inputs` keeps every layer's input of one pass, so a pass that differs only from layer l on reruns
+    layers l.. (making layer l global does not change what layers before it compute)."""
+
+    def __init__(self, model_dir: str | Path, window: int, sinks: int) -> None:
+        import torch
+        import torch.nn.functional as F
+        from transformers import AttentionInterface, AutoModelForCausalLM
+
+        from localattn_kernels import reference
+
+        self.window, self.sinks = window, sinks
+        self.global_now: set[int] = set()
+        masks: dict[int, tuple[Any, Any]] = {}
+
+        def masked_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: float,
+                             dropout: float = 0.0, **_: Any) -> tuple[Any, None]:
+            n = query.shape[2]
+            if n not in masks:
+                positions = torch.arange(n)
+                masks[n] = (reference.local_mask(positions, n, window=n, sinks=0),  # a window of n: causal
+                            reference.local_mask(positions, n, window=window, sinks=sinks))
+            mask = masks[n][0] if module.layer_idx in self.global_now else masks[n][1]
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True)
+            return out.transpose(1, 2).contiguous(), None
+
+        name = f"localattn_calibrate_masked_{id(self)}"  # looked up per call: one name per decoder's own masks
+        AttentionInterface.register(name, masked_attention)
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
+                                                          attn_implementation=name).eval()
+        self.inner: Any = getattr(self.model, "model", None)
+        if not all(hasattr(self.inner, a) for a in ("layers", "embed_tokens", "rotary_emb", "norm")):
+            raise ValueError(f"the gap measure needs a Llama-style decoder (model.layers, rotary_emb); "
+                             f"{type(self.model).__name__} has none: use --method mass")
+        self.num_layers = len(self.inner.layers)
+
+    def samples(self, sequences: Sequence[Sequence[int]]) -> list[tuple[str, list[int], int]]:
+        """Each sequence as text (scored where queries see beyond the window) and as its `copy_sample` (scored on
+        the repeated tokens after the first)."""
+        out: list[tuple[str, list[int], int]] = []
+        for seq in sequences:
+            if len(seq) <= self.sinks + self.window + 1:
+                raise ValueError(f"sample of {len(seq)} tokens is too short for window {self.window} + "
+                                 f"{self.sinks} sinks")
+            repeated, at = copy_sample(seq, self.window, self.sinks)
+            out += [("text", list(seq), self.sinks + self.window + 1), ("copy", repeated, at + 1)]
+        return out
+
+    def embed(self, ids: Sequence[int]) -> tuple[Any, Any]:
+        import torch
+
+        embedded = self.inner.embed_tokens(torch.tensor([list(ids)]))
+        return embedded, self.inner.rotary_emb(embedded, torch.arange(len(ids))[None])
+
+    def nll(self, global_layers: Iterable[int], h: Any, pos: Any, ids: Sequence[int], first: int, start: int = 0,
+            inputs: list[Any] | None = None) -> float:
+        """Mean NLL of ids[first:] with `global_layers` global, running layers start.. on `h` (their input);
+        appends each layer's input to `inputs` when given."""
+        import torch
+        import torch.nn.functional as F
+
+        self.global_now.clear()
+        self.global_now.update(global_layers)
+        for layer in self.inner.layers[start:]:
+            if inputs is not None:
+                inputs.append(h)
+            h = layer(h, position_embeddings=pos)
+        logits = self.model.lm_head(self.inner.norm(h))[0, first - 1 : len(ids) - 1].float()
+        return float(F.cross_entropy(logits, torch.tensor(list(ids[first:]))))
+
+
+def _kind_weights(samples: Sequence[tuple[str, list[int], int]]) -> dict[str, float]:
+    """Each sample's weight in its kind's mean (a kind with no sample weighs nothing)."""
+    counts = {k: sum(1 for kind, _, _ in samples if kind == k) for k in ("text", "copy")}
+    return {k: 1 / n if n else 0.0 for k, n in counts.items()}
+
+
+def _gains_over(probe: MaskedDecoder, samples: Sequence[tuple[str, list[int], int]], base: frozenset[int],
+                candidates: Sequence[int]) -> tuple[dict[str, float], dict[str, dict[int, float]]]:
+    """Per kind, the mean NLL with `base` global and, per candidate layer, how much adding it lowers that."""
+    weight = _kind_weights(samples)
+    base_nll = {"text": 0.0, "copy": 0.0}
+    gains: dict[str, dict[int, float]] = {"text": dict.fromkeys(candidates, 0.0), "copy": dict.fromkeys(candidates, 0.0)}
+    for kind, ids, first in samples:
+        embedded, pos = probe.embed(ids)
+        inputs: list[Any] = []
+        here = probe.nll(base, embedded, pos, ids, first, inputs=inputs)
+        base_nll[kind] += here * weight[kind]
+        for index in candidates:
+            with_it = probe.nll(base | {index}, inputs[index], pos, ids, first, start=index)
+            gains[kind][index] += (here - with_it) * weight[kind]
+    return base_nll, gains
+
+
+def _full_nll(probe: MaskedDecoder, samples: Sequence[tuple[str, list[int], int]]) -> dict[str, float]:
+    weight = _kind_weights(samples)
+    full = {"text": 0.0, "copy": 0.0}
+    for kind, ids, first in samples:
+        embedded, pos = probe.embed(ids)
+        full[kind] += probe.nll(range(probe.num_layers), embedded, pos, ids, first) * weight[kind]
+    return full
+
+
 def measure_gap_closed(model_dir: str | Path, sequences: Sequence[Sequence[int]], window: int,
                        sinks: int) -> list[LayerGain]:
     """Per layer, the loss gain of making it alone global (all other layers sinks + window), on each sequence
     (positions whose query sees beyond the window) and on its `copy_sample` (the repeated tokens after the
-    first), with the local-vs-full gaps. A dense-masked forward: the inputs of every layer in the all-local pass
-    are kept, so "layer l global" reruns only layers l.. (about half a forward per layer)."""
+    first), with the local-vs-full gaps. A dense-masked forward (`MaskedDecoder`): "layer l global" reruns only
+    layers l.. of the all-local pass (about half a forward per layer)."""
     import torch
-    import torch.nn.functional as F
-    from transformers import AttentionInterface, AutoModelForCausalLM
 
-    from localattn_kernels import reference
-
-    masks: dict[int, tuple[Any, Any]] = {}
-    global_now: set[int] = set()
-
-    def masked_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: float,
-                         dropout: float = 0.0, **_: Any) -> tuple[Any, None]:
-        n = query.shape[2]
-        if n not in masks:
-            positions = torch.arange(n)
-            masks[n] = (reference.local_mask(positions, n, window=n, sinks=0),  # a window of n: causal
-                        reference.local_mask(positions, n, window=window, sinks=sinks))
-        mask = masks[n][0] if module.layer_idx in global_now else masks[n][1]
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True)
-        return out.transpose(1, 2).contiguous(), None
-
-    AttentionInterface.register("localattn_calibrate_masked", masked_attention)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
-                                                 attn_implementation="localattn_calibrate_masked").eval()
-    inner: Any = getattr(model, "model", None)
-    if not all(hasattr(inner, a) for a in ("layers", "embed_tokens", "rotary_emb", "norm")):
-        raise ValueError(f"the gap measure needs a Llama-style decoder (model.layers, rotary_emb); "
-                         f"{type(model).__name__} has none: use --method mass")
-    num_layers = len(inner.layers)
-
-    def nll_from(h: Any, start: int, pos: Any, ids: Sequence[int], first: int, last: int) -> float:
-        for layer in inner.layers[start:]:
-            h = layer(h, position_embeddings=pos)
-        logits = model.lm_head(inner.norm(h))[0, first - 1 : last - 1].float()
-        return float(F.cross_entropy(logits, torch.tensor(list(ids[first:last]))))
-
-    sums = {"text": [0.0] * num_layers, "copy": [0.0] * num_layers}
-    gaps = {"text": 0.0, "copy": 0.0}
+    probe = MaskedDecoder(model_dir, window, sinks)
     with torch.no_grad():
-        for seq in sequences:
-            if len(seq) <= sinks + window + 1:
-                raise ValueError(f"sample of {len(seq)} tokens is too short for window {window} + {sinks} sinks")
-            repeated, at = copy_sample(seq, window, sinks)
-            for kind, ids, first in (("text", list(seq), sinks + window + 1), ("copy", repeated, at + 1)):
-                x = torch.tensor([ids])
-                embedded = inner.embed_tokens(x)
-                pos = inner.rotary_emb(embedded, torch.arange(len(ids))[None])
-                global_now.clear()
-                global_now.update(range(num_layers))
-                full = nll_from(embedded, 0, pos, ids, first, len(ids))
-                global_now.clear()
-                inputs, h = [], embedded
-                for layer in inner.layers:
-                    inputs.append(h)
-                    h = layer(h, position_embeddings=pos)
-                local = nll_from(h, num_layers, pos, ids, first, len(ids))
-                gaps[kind] += (local - full) / len(sequences)
-                for index in range(num_layers):
-                    global_now.clear()
-                    global_now.add(index)
-                    gain = local - nll_from(inputs[index], index, pos, ids, first, len(ids))
-                    sums[kind][index] += gain / len(sequences)
-    return [LayerGain(i, sums["text"][i], sums["copy"][i], gaps["text"], gaps["copy"]) for i in range(num_layers)]
+        return _single_gains(probe, probe.samples(sequences))
+
+
+def _single_gains(probe: MaskedDecoder, samples: Sequence[tuple[str, list[int], int]]) -> list[LayerGain]:
+    full = _full_nll(probe, samples)
+    local, gains = _gains_over(probe, samples, frozenset(), range(probe.num_layers))
+    return [LayerGain(i, gains["text"][i], gains["copy"][i], local["text"] - full["text"],
+                      local["copy"] - full["copy"]) for i in range(probe.num_layers)]
+
+
+def greedy_order(probe: MaskedDecoder, samples: Sequence[tuple[str, list[int], int]], budget: int,
+                 pool: int | None = None) -> tuple[list[LayerGain], list[LayerGain]]:
+    """Layers chosen one at a time, each the one that closes most of the remaining gap *given those already
+    global* (single-layer gains ignore how layers interact: two layers that read the same long-range facts are
+    worth one). Step 1 is the single-layer measure; later steps try only the `pool` best single layers (default
+    3 x budget), so a step costs a few forwards, not L / 2. Returns the single-layer gains and the steps in
+    order, each step's gains being the added layer's over the set before it (so the steps' shares add up)."""
+    if budget > probe.num_layers:
+        raise ValueError(f"budget {budget} exceeds the model's {probe.num_layers} layers")
+    singles = _single_gains(probe, samples)
+    gap = {"text": singles[0].text_gap, "copy": singles[0].copy_gap}
+    ranked = [g.index for g in sorted(singles, key=lambda g: (-g.score, g.index))]
+    candidates = ranked[: max(budget, pool if pool is not None else 3 * budget)]
+    steps: list[LayerGain] = []
+    current = singles
+    while len(steps) < budget:
+        chosen = {s.index for s in steps}
+        steps.append(max((g for g in current if g.index not in chosen), key=lambda g: (g.score, -g.index)))
+        if len(steps) < budget:
+            base = frozenset(s.index for s in steps)
+            _, gains = _gains_over(probe, samples, base, [i for i in candidates if i not in base])
+            current = [LayerGain(i, gains["text"][i], gains["copy"][i], gap["text"], gap["copy"])
+                       for i in gains["text"]]
+    return singles, steps
+
+
+def measure_greedy(model_dir: str | Path, sequences: Sequence[Sequence[int]], window: int, sinks: int,
+                   budget: int, pool: int | None = None) -> tuple[list[LayerGain], list[LayerGain]]:
+    """`greedy_order` on the gap measure's samples (each sequence as text and as its copy sample)."""
+    import torch
+
+    probe = MaskedDecoder(model_dir, window, sinks)
+    with torch.no_grad():
+        return greedy_order(probe, probe.samples(sequences), budget, pool)
 
 
 def calibrate(model_dir: str | Path, window: int, sinks: int, budget: int, *, samples: int = 4,

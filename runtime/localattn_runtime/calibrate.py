@@ -228,11 +228,12 @@ class MaskedDecoder:
         AttentionInterface.register(name, masked_attention)
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
                                                           attn_implementation=name).eval()
-        self.inner: Any = getattr(self.model, "model", None)
-        if not all(hasattr(self.inner, a) for a in ("layers", "embed_tokens", "rotary_emb", "norm")):
+        inner: Any = getattr(self.model, "model", None)
+        if not all(hasattr(inner, a) for a in ("layers", "embed_tokens", "rotary_emb", "norm")):
             raise ValueError(f"the gap measure needs a Llama-style decoder (model.layers, rotary_emb); "
                              f"{type(self.model).__name__} has none: use --method mass")
-        self.num_layers = len(self.inner.layers)
+        self.inner: Any = inner
+        self.num_layers = len(inner.layers)
 
     def samples(self, sequences: Sequence[Sequence[int]]) -> list[tuple[str, list[int], int]]:
         """Each sequence as text (scored where queries see beyond the window) and as its `copy_sample` (scored on

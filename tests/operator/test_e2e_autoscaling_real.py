@@ -274,11 +274,6 @@ def test_a_mid_rollout_scale_keeps_the_canary_weight(
         at_four = wait_for(lambda: split_is(2, 2), timeout=MID_ROLLOUT_DOWN_DELAY, interval=1,
                            message="scaled to 4 mid-rollout: 2 + 2 ready pods (before the scale-down delay ends)")
         four_ready = time.monotonic()
-        # The delay only had to outlast the two boots; scaling settings are not a revision, so dropping it now
-        # must neither restart nor disturb the rollout (asserted below), and the scale-down comes sooner.
-        kubectl("patch", "lad", LAD, "-n", ns, "--type", "merge", "-p",
-                json.dumps({"spec": {"autoscaling": {"scaleDown": {"delaySeconds": 0}}}}),
-                kubeconfig=cluster.kubeconfig)
         back = wait_for(lambda: split_is(1, 1), timeout=180, interval=1,
                         message="scaled back to 2 once the load stopped: 1 + 1")
     print(f"\nmid-rollout: 2 + 2 ready {four_ready - up_at:.0f}s after the scale to 4, back at 1 + 1 "

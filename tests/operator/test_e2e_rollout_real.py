@@ -106,18 +106,17 @@ _plugin = _load(ROOT / "tests" / "cli" / "test_e2e_kubectl_plugin.py", "_plugin_
 
 
 def analysis(prom: str, *, quality: bool = True, e2e: int = 500, failure_limit: int = 2,
-             interval: str = "10s", min_agreement: float | None = None, initial_delay: str = "10s") -> dict[str, Any]:
+             interval: str = "10s", min_agreement: float | None = None) -> dict[str, Any]:
     """The analysis of every rollout here. Latency limits are wide (500 % by default): two pods and the load
     client share 2 cores, and a 10 s window's p95 has been seen 6x the other arm's for no reason but that;
     the delay fault (test 3) is far beyond any of it. Missing data holds for up to 8 windows (a new pod's
-    first requests can take that long on a busy machine). `initial_delay` "0s" is for a step whose pods are already
-    warm (a re-applied analysis of a running canary): the delay only lets a new pod's first requests through."""
+    first requests can take that long on a busy machine)."""
     thresholds: dict[str, Any] = {"maxLatencyRegressionPercent": {"e2e": e2e}, "maxErrorRate": 0.05}
     if quality:
         thresholds |= {"maxPerplexityRatio": 1.05, "maxExactMatchDrop": 0.25}
     if min_agreement is not None:
         thresholds["minAgreement"] = min_agreement
-    return {"interval": interval, "initialDelay": initial_delay, "minRequests": 4, "failureLimit": failure_limit,
+    return {"interval": interval, "initialDelay": "10s", "minRequests": 4, "failureLimit": failure_limit,
             "inconclusiveLimit": 8, "consecutiveErrorLimit": 1, "missingData": "inconclusive",
             "lengthBuckets": [256], "thresholds": thresholds, "provider": {"prometheus": {"url": prom}}}
 
@@ -407,7 +406,7 @@ def test_a_quality_regression_passes_a_latency_only_analysis_and_is_rolled_back_
 
         # the same canary, the quality gate on: resumed through the plugin, step 3 fails on quality only
         rig.apply(manifest(BAD, steps, analysis(rig.prometheus, quality=True, e2e=1000, failure_limit=0,
-                                                min_agreement=AGREEMENT_FLOOR, initial_delay="0s"), paired=True))
+                                                min_agreement=AGREEMENT_FLOOR), paired=True))
         assert rig.rollout()["canaryRevision"] == bad, "analysis (and paired comparison) settings are not a new revision"
         value = rig.plugin("resume")
         rig.wait(lambda r: (r.get("acknowledged") or {}).get("resume") == value and r.get("stepIndex") == 2,

@@ -11,7 +11,7 @@ without an engine per set. Rows, each on the same texts:
 - an *oracle* greedy chosen on the first evaluated text itself (text loss only), K = 1 .. max-k: not a
   calibration (it reads the test), an upper bound on what any layer choice of that size reaches.
 
-    .venv/bin/python benchmarks/calibration_search.py       # about 40 min on 2 vCPUs
+    .venv/bin/python benchmarks/calibration_search.py       # about 45 min on 2 vCPUs
 """
 
 from __future__ import annotations

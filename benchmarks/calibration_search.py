@@ -6,10 +6,11 @@ sinks + window ratio vLLM gives (1.0882 here, 1.0881 in quality-smollm2.md), so 
 without an engine per set. Rows, each on the same texts:
 - sinks + window (no global layer);
 - the top K of the calibrated gap table recorded by quality.py (`--plan-from`), for K = budget .. max-k;
-- greedy on the calibration files (`calibrate.measure_greedy`: each step the layer that closes most of the gap
+- greedy on the calibration files (`calibrate.greedy_order`: each step the layer that closes most of the gap
   left by the ones before it), K = budget;
-- an *oracle* greedy chosen on the first evaluated text itself (text loss only), K = 1 .. max-k: not a
-  calibration (it reads the test), an upper bound on what any layer choice of that size reaches.
+- an *oracle* greedy fitted to the first evaluated text itself (text loss only), K = 1 .. max-k: not a
+  calibration (it reads the test) and not exhaustive (one greedy path through a pool, not every set), but what a
+  choice of that size reaches when it may look at the answer.
 
     .venv/bin/python benchmarks/calibration_search.py       # about 45 min on 2 vCPUs
 """
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import subprocess
 import sys
 import time
@@ -28,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # the evaluated texts and calibration files, chosen the same way
+from serviceproxy import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -63,7 +64,7 @@ def main() -> None:
     probe = calibrate.MaskedDecoder(model, args.window, args.sinks)
     t0 = time.time()
     result: dict[str, Any] = {
-        "model": model, "args": vars(args), "cpu": platform.processor() or platform.machine(),
+        "model": model, "args": vars(args), "cpu": cpu_model(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
         "rows": [],
@@ -81,7 +82,7 @@ def main() -> None:
 
         def row(name: str, layers: list[int]) -> None:
             result["rows"].append({"name": name, "k": len(layers), "layers": sorted(layers),
-                                   "ratio": round(ratio(layers), 5)})
+                                   "ratio": round(ratio(layers), 5), "elapsedSeconds": round(time.time() - t0)})
             print(result["rows"][-1], f"({time.time() - t0:.0f} s)", flush=True)
             out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
 
@@ -96,7 +97,7 @@ def main() -> None:
         if not args.no_calibration_greedy:
             calib = [ids[: qargs["calibration_length"]] for n, ids in quality.long_files(tok, 4096)
                      if n in calibration_files]
-            _, steps = calibrate.measure_greedy(model, calib, args.window, args.sinks, args.budget, args.pool)
+            _, steps = calibrate.greedy_order(probe, probe.samples(calib), args.budget, args.pool)
             row(f"greedy on calibration, K={args.budget}", [s.index for s in steps])
     lines = [f"SmolLM2, W={args.window}, S={args.sinks}, {len(texts)} held-out texts of {args.context} tokens, "
              f"dense-masked forwards; {result['date']}, {result['cpu']}, commit {result['commit']}", "",

@@ -14,6 +14,7 @@ The K best-scoring layers stay global. The decision (`choose_global_layers`, `ma
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,8 +211,13 @@ class MaskedDecoder:
         from localattn_kernels import reference
 
         self.window, self.sinks = window, sinks
-        self.global_now: set[int] = set()
+        # transformers' attention registry is process-wide and keeps what it is given: the function holds only
+        # this set and the mask cache (never `self`, so the model goes with the decoder), and the cache is
+        # emptied when the decoder goes.
+        global_now: set[int] = set()
         masks: dict[int, tuple[Any, Any]] = {}
+        self.global_now = global_now
+        weakref.finalize(self, masks.clear)
 
         def masked_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: float,
                              dropout: float = 0.0, **_: Any) -> tuple[Any, None]:
@@ -220,7 +226,7 @@ class MaskedDecoder:
                 positions = torch.arange(n)
                 masks[n] = (reference.local_mask(positions, n, window=n, sinks=0),  # a window of n: causal
                             reference.local_mask(positions, n, window=window, sinks=sinks))
-            mask = masks[n][0] if module.layer_idx in self.global_now else masks[n][1]
+            mask = masks[n][0] if module.layer_idx in global_now else masks[n][1]
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True)
             return out.transpose(1, 2).contiguous(), None
 

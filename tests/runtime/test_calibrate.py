@@ -200,7 +200,6 @@ def test_greedy_steps_are_each_the_best_addition_to_the_layers_before_them(tiny_
     tok = tinymodel.load_tokenizer(tiny_trained_model)
     seqs = calibrate.sample_sequences(tok, 2, 256)
     singles, steps = calibrate.measure_greedy(tiny_trained_model, seqs, window, sinks, budget, pool=3)
-    assert [s.index for s in steps[:1]] == calibrate.choose_global_layers(singles, 1)
     pool = calibrate.choose_global_layers(singles, 3)
     copies = [copy_sample(s, window, sinks) for s in seqs]
     kinds = {"text": (seqs, [sinks + window + 1] * 2), "copy": ([c for c, _ in copies], [at + 1 for _, at in copies])}

@@ -136,7 +136,10 @@ def test_with_the_spec_invalid_a_deleted_stable_deployment_is_restored_from_its_
     assert restored["spec"]["template"]["metadata"]["labels"]["localattn.dev/revision"] == running
     config = k8s.get(namespace, "configmap", f"record-runtime-{running}")
     assert json.loads(config["data"]["localattn.json"])["windowSize"] == WINDOW  # what ran, not the invalid spec
-    lad = k8s.wait_lad(namespace, "record", lambda s: s.get("phase") == "InvalidSpec" and s.get("readyReplicas") == 1)
+    # readyReplicas can reach 1 before Ready does (the restored Deployment may count the old ReplicaSet's pod
+    # before it has observed and rolled out its own spec), so wait for the settled state, not the count
+    lad = k8s.wait_lad(namespace, "record", lambda s: s.get("phase") == "InvalidSpec" and s.get("readyReplicas") == 1
+                       and any(c["type"] == "Ready" and c["status"] == "True" for c in s.get("conditions") or []))
     status = lad["status"]
     assert status["currentRevision"] == running and status["ready"] == "1/1"
     conditions = {c["type"]: c for c in status["conditions"]}

@@ -344,8 +344,7 @@ def greedy_order(probe: MaskedDecoder, samples: Sequence[tuple[str, list[int], i
     steps: list[LayerGain] = []
     current = singles
     while len(steps) < budget:
-        chosen = {s.index for s in steps}
-        steps.append(max((g for g in current if g.index not in chosen), key=lambda g: (g.score, -g.index)))
+        steps.append(max(current, key=lambda g: (g.score, -g.index)))  # `current` holds only layers not chosen
         if len(steps) < budget:
             base = frozenset(s.index for s in steps)
             _, gains = _gains_over(probe, samples, base, [i for i in candidates if i not in base])

@@ -8,6 +8,8 @@ without an engine per set. Rows, each on the same texts:
 - the top K of the calibrated gap table recorded by quality.py (`--plan-from`), for K = budget .. max-k;
 - greedy on the calibration files (`calibrate.greedy_order`: each step the layer that closes most of the gap
   left by the ones before it), K = budget;
+- with `--calibration-lengths`, the top `budget` of the gap measure rerun on the same calibration files cut to
+  each of those lengths (quality.py's plan reads 1,536 tokens of each; the gap left is at 2k-4k);
 - an *oracle* greedy fitted to the first evaluated text itself (text loss only), K = 1 .. max-k: not a
   calibration (it reads the test) and not exhaustive (one greedy path through a pool, not every set), but what a
   choice of that size reaches when it may look at the answer.
@@ -20,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # the evaluated texts and calibration files, chosen the same way
-from serviceproxy import cpu_model
+from serviceproxy import commit, cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -44,6 +45,9 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=4096)
     ap.add_argument("--texts", type=int, default=2)
     ap.add_argument("--no-calibration-greedy", action="store_true", help="skip greedy on the calibration files")
+    ap.add_argument("--no-oracle", action="store_true", help="skip the oracle greedy fitted to text 1")
+    ap.add_argument("--calibration-lengths", type=int, nargs="*", default=[],
+                    help="also rerun the gap measure on the calibration files cut to these lengths")
     ap.add_argument("--out", default=str(RESULTS / "calibration-search-smollm2"))
     args = ap.parse_args()
 
@@ -66,7 +70,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "model": model, "args": vars(args), "cpu": cpu_model(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "commit": commit(),
         "rows": [],
     }
     out = Path(args.out)
@@ -89,16 +93,21 @@ def main() -> None:
         row("sinks + window", [])
         for k in range(args.budget, args.max_k + 1):
             row(f"gap top {k}", ranked[:k])
-        samples = [("text", texts[0], 1)]
-        _, oracle = calibrate.greedy_order(probe, samples, args.max_k, args.pool)
-        result["oracle_order"] = [{"index": s.index, "textGain": round(s.text_gain, 6)} for s in oracle]
-        for k in range(1, args.max_k + 1):
-            row(f"oracle greedy (on text 1) K={k}", [s.index for s in oracle[:k]])
+        if not args.no_oracle:
+            _, oracle = calibrate.greedy_order(probe, [("text", texts[0], 1)], args.max_k, args.pool)
+            result["oracle_order"] = [{"index": s.index, "textGain": round(s.text_gain, 6)} for s in oracle]
+            for k in range(1, args.max_k + 1):
+                row(f"oracle greedy (on text 1) K={k}", [s.index for s in oracle[:k]])
+        calibration_texts = [ids for n, ids in quality.long_files(tok, 4096) if n in calibration_files]
         if not args.no_calibration_greedy:
-            calib = [ids[: qargs["calibration_length"]] for n, ids in quality.long_files(tok, 4096)
-                     if n in calibration_files]
+            calib = [ids[: qargs["calibration_length"]] for ids in calibration_texts]
             _, steps = calibrate.greedy_order(probe, probe.samples(calib), args.budget, args.pool)
             row(f"greedy on calibration, K={args.budget}", [s.index for s in steps])
+        for length in args.calibration_lengths:
+            gains = calibrate.single_layer_gains(probe, probe.samples([ids[:length] for ids in calibration_texts]))
+            result.setdefault("gap_tables", {})[str(length)] = [g.row() for g in gains]
+            row(f"gap top {args.budget}, calibrated at {length} tokens",
+                calibrate.choose_global_layers(gains, args.budget))
     lines = [f"SmolLM2, W={args.window}, S={args.sinks}, {len(texts)} held-out texts of {args.context} tokens, "
              f"dense-masked forwards; {result['date']}, {result['cpu']}, commit {result['commit']}", "",
              "| layer set | K | global layers | ppl vs full |", "|---|---|---|---|"]

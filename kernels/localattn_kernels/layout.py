@@ -36,6 +36,8 @@ import torch
 
 #: ISAs of vLLM's CPU backend whose layouts the CPU path understands.
 CPU_ISAS = ("vec", "vec16", "amx")
+#: Those whose in-block order is tiled for the ISA's loads (the kernels permute gathered blocks).
+PACKED_ISAS = ("amx",)
 #: dtypes the kernels accept for the query and the cache.
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 CPU_BLOCK_SIZE_MULTIPLE = 32

@@ -28,9 +28,14 @@ from vllm.v1.attention.backends.cpu_attn import (
     CPUAttentionMetadataBuilder,
 )
 
-from localattn_kernels.cpu import StepPlan, check_layer_args, plan_step, planned_local_attention
-from localattn_kernels.cpu_native import supports as native_supports
-from localattn_kernels.layout import split_kv_cache
+from localattn_kernels.cpu import (
+    StepPlan,
+    check_layer_args,
+    native_supports,
+    plan_step,
+    planned_local_attention,
+)
+from localattn_kernels.layout import PACKED_ISAS, split_kv_cache
 from localattn_runtime import layers
 from localattn_runtime.dispatch import LocalLayerMixin, active_config, model_num_layers, split_queries
 
@@ -48,8 +53,10 @@ class LocalBatch:
 
 
 def _local_batch(index: torch.Tensor | None, query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
-                 block_table: torch.Tensor, *, block_size: int, num_tokens: int) -> LocalBatch:
-    plan = plan_step(block_table, seq_lens, query_start_loc, block_size=block_size, num_tokens=num_tokens)
+                 block_table: torch.Tensor, *, block_size: int, num_tokens: int,
+                 repack: tuple[int, int] | None) -> LocalBatch:
+    plan = plan_step(block_table, seq_lens, query_start_loc, block_size=block_size, num_tokens=num_tokens,
+                     repack=repack)
     return LocalBatch(index, query_start_loc, seq_lens, block_table, plan)
 
 
@@ -71,6 +78,9 @@ class LocalAttnMetadataBuilder(CPUAttentionMetadataBuilder):
         # Only groups with a local layer need the split (a hybrid KV config puts global layers apart).
         self.cfg = cfg if cfg is not None and any(i is not None and not cfg.is_global(i, n) for i in idx) else None
         self.block_size = int(kv_cache_spec.block_size)
+        # A packed cache (AMX): each step's plan lists the blocks its local layers copy for the C kernels.
+        self.repack = ((self.cfg.window_size, self.cfg.sink_tokens)
+                       if self.cfg is not None and self.isa in PACKED_ISAS else None)
 
     def _scheduler_metadata(self, seq_lens: torch.Tensor, query_start_loc: torch.Tensor) -> torch.Tensor:
         return ops.cpu_attn_get_scheduler_metadata(
@@ -88,14 +98,14 @@ class LocalAttnMetadataBuilder(CPUAttentionMetadataBuilder):
         n = base.num_actual_tokens
         if layers.first_local_position(self.cfg.min_context_length) == 0:  # no dynamic scope: all local
             meta.local = _local_batch(None, base.query_start_loc, base.seq_lens, base.block_table,
-                                      block_size=self.block_size, num_tokens=n)
+                                      block_size=self.block_size, num_tokens=n, repack=self.repack)
             return meta
         split = split_queries(base.query_start_loc, base.seq_lens, self.cfg.min_context_length)
         if split.local is None:  # every query attends fully: stock
             return meta
         if split.full is None:
             meta.local = _local_batch(None, base.query_start_loc, base.seq_lens, base.block_table,
-                                      block_size=self.block_size, num_tokens=n)
+                                      block_size=self.block_size, num_tokens=n, repack=self.repack)
             return meta
         f, loc = split.full, split.local
         qsl, sl = f.query_start_loc.to(base.query_start_loc.dtype), f.seq_lens.to(base.seq_lens.dtype)
@@ -106,7 +116,8 @@ class LocalAttnMetadataBuilder(CPUAttentionMetadataBuilder):
         meta.full_index = f.index
         meta.local = _local_batch(loc.index, loc.query_start_loc.to(base.query_start_loc.dtype),
                                   loc.seq_lens.to(base.seq_lens.dtype), base.block_table[loc.rows],
-                                  block_size=self.block_size, num_tokens=int(loc.index.shape[0]))
+                                  block_size=self.block_size, num_tokens=int(loc.index.shape[0]),
+                                  repack=self.repack)
         return meta
 
 

@@ -318,10 +318,11 @@ def measure_gap_closed(model_dir: str | Path, sequences: Sequence[Sequence[int]]
 
     probe = MaskedDecoder(model_dir, window, sinks)
     with torch.no_grad():
-        return _single_gains(probe, probe.samples(sequences))
+        return single_layer_gains(probe, probe.samples(sequences))
 
 
-def _single_gains(probe: MaskedDecoder, samples: Sequence[tuple[str, list[int], int]]) -> list[LayerGain]:
+def single_layer_gains(probe: MaskedDecoder, samples: Sequence[tuple[str, list[int], int]]) -> list[LayerGain]:
+    """`measure_gap_closed` on a decoder already loaded (benchmarks measure several sample sets with one)."""
     full = _full_nll(probe, samples)
     local, gains = _gains_over(probe, samples, frozenset(), range(probe.num_layers))
     return [LayerGain(i, gains["text"][i], gains["copy"][i], local["text"] - full["text"],
@@ -337,7 +338,7 @@ def greedy_order(probe: MaskedDecoder, samples: Sequence[tuple[str, list[int], i
     order, each step's gains being the added layer's over the set before it (so the steps' shares add up)."""
     if budget > probe.num_layers:
         raise ValueError(f"budget {budget} exceeds the model's {probe.num_layers} layers")
-    singles = _single_gains(probe, samples)
+    singles = single_layer_gains(probe, samples)
     gap = {"text": singles[0].text_gap, "copy": singles[0].copy_gap}
     ranked = [g.index for g in sorted(singles, key=lambda g: (-g.score, g.index))]
     candidates = ranked[: max(budget, pool if pool is not None else 3 * budget)]

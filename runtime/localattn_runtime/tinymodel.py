@@ -162,6 +162,8 @@ def load_tokenizer(model_dir: Path | str) -> Any:
 def llama_config(*, layers: int, hidden: int, heads: int, kv_heads: int, vocab: int, max_positions: int,
                  intermediate: int | None = None, rope_theta: float = 10000.0) -> dict[str, Any]:
     """config.json for a tiny `LlamaForCausalLM` (ids match the tokenizer's special tokens)."""
+    if hidden % heads or heads % kv_heads:
+        raise ValueError(f"hidden ({hidden}) must be a multiple of heads ({heads}), and heads of kv_heads ({kv_heads})")
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -221,11 +223,11 @@ def random_model_dir(*, layers: int = 4, hidden: int = 256, heads: int = 8, kv_h
     params = {"layers": layers, "hidden": hidden, "heads": heads, "kv_heads": kv_heads, "vocab": vocab,
               "max_positions": max_positions, "seed": seed}
     key = cache_key(params, __name__)
+    config = llama_config(layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, vocab=vocab,
+                          max_positions=max_positions)  # raises on an impossible shape before anything is built
 
     def build(out: Path) -> None:
         tok = tokenizer_dir(vocab)
-        config = llama_config(layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, vocab=vocab,
-                              max_positions=max_positions)
         model = init_model(config, seed)
         save_model(out, config, model.state_dict(), tok)
 

@@ -104,21 +104,54 @@ def test_reads_only_sink_and_window_blocks() -> None:
     torch.testing.assert_close(_run(case, window=WINDOW, sinks=SINKS, scale=0.1), want)
 
 
-def test_amx_packed_layout_written_by_vllm() -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
+@pytest.mark.parametrize(("block_size", "group", "head_size"), [(32, 4, 64), (128, 1, 128), (64, 8, 64)])
+def test_amx_packed_layout_written_by_vllm(native: bool, block_size: int, group: int, head_size: int,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM's AMX-tiled cache (bf16 on Intel CPUs with AMX), written by vLLM's own writer: the torch path
+    permutes gathered blocks; the C kernels read a per-step copy of the needed blocks in vec order."""
     pytest.importorskip("vllm")
-    case = make_case(
-        [*DECODE, (9, 60)],
-        num_heads=8,
-        num_kv_heads=2,
-        head_size=64,
-        block_size=32,
-        dtype=torch.bfloat16,
-        isa="amx",
-    )
-    got = _run(case, window=WINDOW, sinks=SINKS, scale=0.125, isa="amx")
-    torch.testing.assert_close(
-        got, case.reference(window=WINDOW, sinks=SINKS, scale=0.125), **TOL[torch.bfloat16]
-    )
+    if not native:
+        monkeypatch.setattr(cpu_native, "supports", lambda *a: False)
+    calls = _count_native_prefill(monkeypatch)
+    case = make_case([*MIXED, *PREFILL], num_heads=2 * group, num_kv_heads=2, head_size=head_size,
+                     block_size=block_size, dtype=torch.bfloat16, isa="amx")
+    for window, sinks in ((WINDOW, SINKS), (1, 2), (WINDOW, 0)):
+        got = _run(case, window=window, sinks=sinks, scale=head_size**-0.5, isa="amx")
+        want = case.reference(window=window, sinks=sinks, scale=head_size**-0.5)
+        torch.testing.assert_close(got, want, **TOL[torch.bfloat16])
+    assert bool(calls) == (native and cpu_native.available())
+
+
+@pytest.mark.parametrize("tiles", [True, False], ids=["tile-views", "permutation"])
+def test_amx_copy_holds_only_the_needed_blocks_in_vec_order(tiles: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The repacked copy is exactly the sink + window blocks of each request, in order, each holding the
+    request's own keys and values (the case's plain tensors) in vec order (K^T per block, V plain), by the
+    tile reshapes and by the generic permutation alike."""
+    pytest.importorskip("vllm")
+    assert cpu._amx_tiles_match("amx", torch.bfloat16, 32, 64)  # vLLM 0.32's tiling is the one the views read
+    if not tiles:
+        monkeypatch.setattr(cpu, "_amx_tiles_match", lambda *a: False)
+    requests = [(1, 300), (16, 200), (1, 3)]
+    bs = 32
+    case = make_case(requests, num_heads=4, num_kv_heads=2, head_size=64, block_size=bs, dtype=torch.bfloat16,
+                     isa="amx")
+    plan = cpu.plan_step(case.block_table, case.seq_lens, case.query_start_loc, block_size=bs,
+                         num_tokens=case.query.shape[0], repack=(WINDOW, SINKS))
+    needed = [(r, b) for r, (q_len, seq_len) in enumerate(requests)
+              for b in layout.needed_blocks(seq_len, window=WINDOW, sinks=SINKS, block_size=bs, q_len=q_len)]
+    assert plan.repack_blocks is not None
+    assert plan.repack_blocks.tolist() == [int(case.block_table[r, b]) for r, b in needed]
+    key, value = cpu.repack_blocks(case.key_cache, plan.repack_blocks, "amx")
+    kt = layout.key_block_view(key, "vec")  # [P, H, D, bs]
+    for j, (r, b) in enumerate(needed):
+        n = min(bs, requests[r][1] - b * bs)  # tokens written in this block
+        first = int(case.cu_seqlens_k[r]) + b * bs
+        assert torch.equal(kt[j, :, :, :n].permute(2, 0, 1), case.keys[first : first + n])
+        assert torch.equal(value[j, :, :n].transpose(0, 1), case.values[first : first + n])
+    with pytest.raises(ValueError, match=r"repack=\(40, 4\)"):
+        cpu.planned_local_attention(case.query, case.key_cache, case.value_cache, plan, window=WINDOW, sinks=0,
+                                    scale=0.1, isa="amx", native=True)
 
 
 def test_writes_into_out_and_leaves_padding_rows() -> None:

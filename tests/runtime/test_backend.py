@@ -90,6 +90,12 @@ ENGINES = [
      "prompts": _prompts((MIN_CTX - 1, 300, 140), seed=1), "prompt_logprobs": True, "max_tokens": 16},
     {"name": "local_cached", "config": LOCAL, "prompts": _prompts(PROMPT_LENS), "repeat": 2,
      "engine_args": {"enable_prefix_caching": True, "block_size": 32}},
+    # bf16: on CPUs with AMX vLLM tiles the cache for AMX ("amx" isa), which the local path reads through a
+    # per-step vec-order copy; elsewhere the vec layout again. Stock bf16 gives the scale of bf16 rounding.
+    {"name": "stock_bf16", "config": None, "prompts": _prompts(PROMPT_LENS), "prompt_logprobs": True,
+     "engine_args": {"dtype": "bfloat16"}},
+    {"name": "local_bf16", "config": LOCAL, "prompts": _prompts(PROMPT_LENS), "prompt_logprobs": True,
+     "engine_args": {"dtype": "bfloat16"}},
 ]
 TOL = 2e-3  # fp32 logprobs, vLLM's kernels vs transformers' eager attention
 
@@ -131,6 +137,31 @@ def test_local_layers_match_reference_prefill_and_decode(runs: dict[str, Any], t
         assert _max_diff(out["prompt_logprobs"], ref[: len(ids)]) < TOL
         # Decode steps: the generated tokens' logprobs, teacher-forced through the reference.
         assert max(abs(x - y) for x, y in zip(out["logprobs"], ref[len(ids):], strict=True)) < TOL
+
+
+def _mean_diff(a: list[float | None], b: list[float | None], start: int = 1) -> float:
+    pairs = [(x, y) for x, y in zip(a[start:], b[start:], strict=True) if x is not None and y is not None]
+    return sum(abs(x - y) for x, y in pairs) / len(pairs)
+
+
+def test_bf16_local_layers_match_reference_within_bf16_rounding(runs: dict[str, Any],
+                                                                tiny_random_model: Path) -> None:
+    """bf16 (the AMX layout on CPUs that have it): beyond the window the local path is as close to the fp32
+    local reference as stock bf16 is to the fp32 full one, and far from full attention (reading wrong or
+    stale blocks would land in between or beyond)."""
+    ids = _prompts(PROMPT_LENS)[0]
+    local_ref = reference_logprobs(tiny_random_model, ids, masks(len(ids), local_layers={0, 2, 3}, window=W, sinks=S))
+    full_ref = reference_logprobs(tiny_random_model, ids, masks(len(ids), local_layers=set(), window=W, sinks=S))
+    beyond = W + S + 1
+    got = runs["local_bf16"]["outputs"][0]["prompt_logprobs"]
+    rounding = _mean_diff(runs["stock_bf16"]["outputs"][0]["prompt_logprobs"], full_ref, start=beyond)
+    error = _mean_diff(got, local_ref, start=beyond)
+    assert error < 2 * rounding + 1e-3, (error, rounding)
+    assert error < 0.2 * _mean_diff(local_ref, full_ref, start=beyond)
+    for prompt, out in zip(_prompts(PROMPT_LENS), runs["local_bf16"]["outputs"], strict=True):  # decode steps
+        full = prompt + out["tokens"]
+        ref = reference_logprobs(tiny_random_model, full, masks(len(full), local_layers={0, 2, 3}, window=W, sinks=S))
+        assert max(abs(x - y) for x, y in zip(out["logprobs"], ref[len(prompt):], strict=True)) < 0.1
 
 
 def test_local_differs_from_full_beyond_the_window(runs: dict[str, Any]) -> None:

@@ -58,6 +58,23 @@ def test_cli_writes_the_random_model(tmp_path: Path) -> None:
         p.name for p in (tmp_path / "tiny").iterdir()}
 
 
+def test_cli_shapes_a_random_model_and_refuses_impossible_shapes(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    model_cmd.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["model", "tiny", "--random", "--layers", "2", "--hidden", "256", "--heads", "2",
+                              "--kv-heads", "2", "--out", str(tmp_path / "wide")])
+    assert args.func(args) == 0
+    cfg = json.loads((tmp_path / "wide" / "config.json").read_text())
+    assert (cfg["num_hidden_layers"], cfg["num_key_value_heads"], cfg["head_dim"]) == (2, 2, 128)
+    bad = parser.parse_args(["model", "tiny", "--random", "--heads", "3", "--out", str(tmp_path / "bad")])
+    with pytest.raises(SystemExit, match=r"hidden \(256\) must be a multiple of heads \(3\)"):
+        bad.func(bad)
+    trained = parser.parse_args(["model", "tiny", "--layers", "2", "--out", str(tmp_path / "t")])
+    with pytest.raises(SystemExit, match="shape a --random model"):
+        trained.func(trained)
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "t").exists()
+
+
 @pytest.mark.slow
 def test_trained_model_learned_code(tiny_trained_model: Path) -> None:
     """Held-out perplexity far below the unigram floor (its use of long context: the next test)."""
